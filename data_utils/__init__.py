@@ -1,0 +1,1 @@
+"""Data utilities: phantoms, NIfTI I/O and dataset loaders."""

@@ -1,0 +1,304 @@
+"""The LMISA dual-task generator and its WGAN-GP shape critic, in 2D or 3D.
+
+Both networks follow the published LMISA layout. With ``num_classes=5`` and the default width they have exactly
+the published number of trainable parameters: 773,632 (2D) and 2,289,760 (3D) for the generator, 102,352 (2D)
+and 319,312 (3D) for a critic with 4 input channels. Matching those counts pins down details the description
+leaves open: only the 7x7 stem convolution has a bias, every later convolution (transposed ones and the 1x1
+heads included) is bias-free, the encoder has no normalisation, and each decoder block normalises the output of
+each of its four convolutions.
+
+Generator, for ``base_filters=16, depth=4`` (channels @ resolution, S the input size)::
+
+    stem 7x7            ->  16 @ S
+    encoder block 0     ->  32 @ S      (two 3x3 convs, each added to the block input; output = [input, convs])
+    max-pool, block 1   ->  64 @ S/2
+    max-pool, block 2   -> 128 @ S/4
+    max-pool, block 3   -> 256 @ S/8    (the bottleneck, returned by ``encode``)
+    decoder block 2     ->  64 @ S/4    (3x3 transposed conv x2, concat skip, two 3x3 convs + 1x1 shortcut)
+    decoder block 1     ->  32 @ S/2
+    decoder block 0     ->  16 @ S
+    1x1 heads           ->   1 @ S (reconstruction), num_classes @ S (segmentation logits)
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+SLOPE = 0.2  # LeakyReLU negative slope of the published networks
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+
+
+def _act(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, SLOPE)
+
+
+def _check_options(spatial_dims: int, depth: int, min_depth: int, **positive: int) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if depth < min_depth:
+        raise ValueError(f"depth must be at least {min_depth}, got {depth}")
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _check_input(x: Tensor, *, spatial_dims: int, in_channels: int, depth: int) -> None:
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(
+            f"input must have shape (B, C, {', '.join('XYZ'[:spatial_dims])}) for a {spatial_dims}D network, "
+            f"got {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(f"input has {x.shape[1]} channels, the network expects {in_channels}")
+    divisor = 2 ** (depth - 1)
+    size = tuple(x.shape[2:])
+    if any(s % divisor for s in size):
+        raise ValueError(
+            f"input spatial size {size} must be divisible by {divisor} (2**(depth-1)); "
+            "pad the input first, as lmisa_lite.inference.predict_volume does"
+        )
+
+
+class _EncoderBlock(nn.Module):
+    """Two 3x3 convolutions, each added to the block input; returns ``[input, result]`` (2x channels)."""
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        conv = _CONV[spatial_dims]
+        self.conv1 = conv(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = conv(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = _act(self.conv1(x) + x)
+        h = _act(self.conv2(h) + x)
+        return torch.cat([x, h], dim=1)
+
+
+class _DecoderBlock(nn.Module):
+    """2x transposed-conv upsampling, concatenation with the skip, two 3x3 convs and a 1x1 shortcut."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, channels: int) -> None:
+        super().__init__()
+        conv, norm = _CONV[spatial_dims], _NORM[spatial_dims]
+        joined = channels + skip_channels
+        # kernel 3, stride 2, padding 1, output_padding 1 doubles every spatial size exactly
+        self.up = _CONV_T[spatial_dims](in_channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.norm_up = norm(channels)
+        self.conv1 = conv(joined, channels, 3, padding=1, bias=False)
+        self.norm1 = norm(channels)
+        self.conv2 = conv(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = norm(channels)
+        self.shortcut = conv(joined, channels, 1, bias=False)
+        self.norm_shortcut = norm(channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        joined = torch.cat([_act(self.norm_up(self.up(x))), skip], dim=1)
+        h = _act(self.norm1(self.conv1(joined)) + self.norm_shortcut(self.shortcut(joined)))
+        return _act(self.norm2(self.conv2(h)) + h)
+
+
+class LMISANet(nn.Module):
+    """Dual-task encoder-decoder: one shared body, a reconstruction head and a segmentation head.
+
+    Args:
+        spatial_dims: 2 for ``(B, C, X, Y)`` inputs, 3 for ``(B, C, X, Y, Z)``.
+        in_channels: Input channels (1 for an MLNGM map).
+        num_classes: Segmentation classes including background (channel 0).
+        base_filters: Width of the stem and first encoder block; doubles at each level.
+        depth: Encoder blocks; the input is pooled ``depth - 1`` times, so every spatial size must be divisible
+            by ``2**(depth-1)``.
+
+    Raises:
+        ValueError: If an option is out of range.
+
+    Examples:
+        >>> net = LMISANet(spatial_dims=2, num_classes=5)
+        >>> recon, logits = net(torch.zeros(1, 1, 32, 32))
+        >>> tuple(recon.shape), tuple(logits.shape)
+        ((1, 1, 32, 32), (1, 5, 32, 32))
+        >>> count_parameters(net)
+        773632
+    """
+
+    def __init__(
+        self, *, spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16,
+        depth: int = 4,
+    ) -> None:
+        super().__init__()
+        _check_options(spatial_dims, depth, 2, in_channels=in_channels, base_filters=base_filters)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
+        self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
+        self.base_filters, self.depth = base_filters, depth
+        conv = _CONV[spatial_dims]
+        widths = [base_filters * 2**level for level in range(depth)]
+        self.stem = conv(in_channels, base_filters, 7, padding=3)
+        # block `level` sees `widths[level]` channels and emits twice that, which is the next block's width
+        self.encoder = nn.ModuleList(_EncoderBlock(spatial_dims, w) for w in widths)
+        self.pools = nn.ModuleList(_POOL[spatial_dims](2) for _ in range(depth - 1))
+        self.decoder = nn.ModuleList(
+            _DecoderBlock(spatial_dims, 2 * widths[level + 1] if level == depth - 2 else widths[level + 1],
+                          2 * widths[level], widths[level])
+            for level in reversed(range(depth - 1))
+        )
+        self.reconstruction_head = conv(base_filters, 1, 1, bias=False)
+        self.segmentation_head = conv(base_filters, num_classes, 1, bias=False)
+
+    def _encode(self, x: Tensor) -> list[Tensor]:
+        _check_input(x, spatial_dims=self.spatial_dims, in_channels=self.in_channels, depth=self.depth)
+        h = _act(self.stem(x))
+        features = []
+        for level, block in enumerate(self.encoder):
+            if level:
+                h = self.pools[level - 1](h)
+            h = block(h)
+            features.append(h)
+        return features
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Bottleneck features of ``x``.
+
+        Args:
+            x: ``(B, in_channels, *S)`` with every size in ``S`` divisible by ``2**(depth-1)``.
+
+        Returns:
+            ``(B, base_filters * 2**depth, *S / 2**(depth-1))``, e.g. ``(B, 256, X/8, Y/8)`` by default.
+
+        Raises:
+            ValueError: If the shape of ``x`` does not fit the network.
+        """
+        return self._encode(x)[-1]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Reconstruct the input and segment it.
+
+        Args:
+            x: ``(B, in_channels, *S)`` with every size in ``S`` divisible by ``2**(depth-1)``.
+
+        Returns:
+            ``(reconstruction, seg_logits)``: ``(B, 1, *S)`` and ``(B, num_classes, *S)``.
+
+        Raises:
+            ValueError: If the shape of ``x`` does not fit the network.
+        """
+        features = self._encode(x)
+        h = features[-1]
+        for block, skip in zip(self.decoder, reversed(features[:-1])):
+            h = block(h, skip)
+        return self.reconstruction_head(h), self.segmentation_head(h)
+
+
+class ShapeCritic(nn.Module):
+    """WGAN critic that scores patches of foreground label maps (real one-hot or predicted probabilities).
+
+    A 7x7 stem, then ``depth`` single 3x3 convolutions with a 2x max-pool before all but the first, then a
+    1x1 convolution to one score per patch. There is no normalisation: WGAN-GP penalises the gradient per
+    sample, which batch statistics would couple across the batch.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: Foreground channels, i.e. ``num_classes - 1``.
+        base_filters: Width of the stem and first convolution; doubles at each level.
+        depth: Number of 3x3 convolutions; spatial sizes must be divisible by ``2**(depth-1)``.
+
+    Raises:
+        ValueError: If an option is out of range.
+
+    Examples:
+        >>> critic = ShapeCritic(spatial_dims=2, in_channels=4)
+        >>> tuple(critic(torch.zeros(2, 4, 32, 32)).shape)
+        (2, 1, 4, 4)
+        >>> count_parameters(critic)
+        102352
+    """
+
+    def __init__(self, *, spatial_dims: int = 2, in_channels: int = 1, base_filters: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        _check_options(spatial_dims, depth, 1, in_channels=in_channels, base_filters=base_filters)
+        self.spatial_dims, self.in_channels, self.base_filters, self.depth = spatial_dims, in_channels, base_filters, depth
+        conv = _CONV[spatial_dims]
+        self.stem = conv(in_channels, base_filters, 7, padding=3)
+        widths = [base_filters * 2**level for level in range(depth)]
+        self.convs = nn.ModuleList(
+            conv(c_in, c_out, 3, padding=1, bias=False) for c_in, c_out in zip([base_filters] + widths, widths)
+        )
+        self.pools = nn.ModuleList(_POOL[spatial_dims](2) for _ in range(depth - 1))
+        self.score = conv(widths[-1], 1, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Score ``x``.
+
+        Args:
+            x: ``(B, in_channels, *S)`` with every size in ``S`` divisible by ``2**(depth-1)``.
+
+        Returns:
+            Patch scores ``(B, 1, *S / 2**(depth-1))``; higher means "looks like a real label map".
+
+        Raises:
+            ValueError: If the shape of ``x`` does not fit the critic.
+        """
+        _check_input(x, spatial_dims=self.spatial_dims, in_channels=self.in_channels, depth=self.depth)
+        h = _act(self.stem(x))
+        for level, conv in enumerate(self.convs):
+            if level:
+                h = self.pools[level - 1](h)
+            h = _act(conv(h))
+        return self.score(h)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (batch-norm scale and shift count; running statistics do not).
+
+    Args:
+        module: Any module.
+
+    Returns:
+        The total number of elements of parameters with ``requires_grad``.
+
+    Examples:
+        >>> count_parameters(nn.Linear(3, 2))
+        8
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], int]]:
+    """One row per layer call on a zero input: name, output shape and the layer's own parameters.
+
+    Args:
+        model: A network, e.g. :class:`LMISANet` or :class:`ShapeCritic`.
+        input_shape: Full input shape including batch and channels, e.g. ``(1, 1, 32, 32)``.
+
+    Returns:
+        ``[(name, output_shape, parameters), ...]`` in call order, for leaf modules only.
+        ``pandas.DataFrame(rows, columns=["layer", "output", "parameters"])`` makes it a table.
+
+    Examples:
+        >>> rows = layer_table(ShapeCritic(in_channels=4), (1, 4, 32, 32))
+        >>> rows[0]
+        ('stem', (1, 16, 32, 32), 3152)
+    """
+    rows: list[tuple[str, tuple[int, ...], int]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            own = sum(p.numel() for p in module.parameters(recurse=False))
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, out, name=name, own=own: rows.append((name, tuple(out.shape), own))
+            ))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            model(torch.zeros(input_shape, device=param.device if param is not None else None))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return rows
