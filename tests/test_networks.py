@@ -1,0 +1,145 @@
+"""LMISANet and ShapeCritic: shapes, published sizes, input checks, batch norm with batch 1, gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmisa_lite.networks import LMISANet, ShapeCritic, count_parameters, layer_table
+
+# Trainable parameters of the published networks with 5 classes (critic input: 4 foreground channels).
+PUBLISHED = {
+    ("generator", 2): 773_632,
+    ("generator", 3): 2_289_760,
+    ("critic", 2): 102_352,
+    ("critic", 3): 319_312,
+}
+
+
+def _build(kind: str, dims: int) -> torch.nn.Module:
+    if kind == "generator":
+        return LMISANet(spatial_dims=dims, num_classes=5)
+    return ShapeCritic(spatial_dims=dims, in_channels=4)
+
+
+@pytest.mark.parametrize("kind, dims", list(PUBLISHED))
+def test_parameter_count_within_5_percent_of_published(kind, dims):
+    count = count_parameters(_build(kind, dims))
+    assert abs(count - PUBLISHED[kind, dims]) <= 0.05 * PUBLISHED[kind, dims]
+
+
+@pytest.mark.parametrize("kind, dims", list(PUBLISHED))
+def test_parameter_count_matches_published_exactly(kind, dims):
+    assert count_parameters(_build(kind, dims)) == PUBLISHED[kind, dims]
+
+
+def test_count_parameters_skips_frozen_parameters():
+    net = LMISANet(num_classes=5)
+    for p in net.stem.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(net) == PUBLISHED["generator", 2] - (7 * 7 * 16 + 16)
+
+
+@pytest.mark.parametrize("dims, size", [(2, (32, 24)), (3, (16, 8, 16))])
+def test_generator_output_shapes(dims, size):
+    net = LMISANet(spatial_dims=dims, num_classes=5)
+    with torch.no_grad():
+        recon, logits = net(torch.randn(2, 1, *size))
+        features = net.encode(torch.randn(1, 1, *size))
+    assert recon.shape == (2, 1, *size)
+    assert logits.shape == (2, 5, *size)
+    assert features.shape == (1, 256, *(s // 8 for s in size))
+
+
+def test_attributes_and_other_widths():
+    net = LMISANet(spatial_dims=2, in_channels=2, num_classes=3, base_filters=4, depth=3)
+    assert (net.spatial_dims, net.in_channels, net.num_classes, net.base_filters, net.depth) == (2, 2, 3, 4, 3)
+    recon, logits = net(torch.randn(1, 2, 12, 20))
+    assert recon.shape == (1, 1, 12, 20) and logits.shape == (1, 3, 12, 20)
+    assert net.encode(torch.randn(1, 2, 12, 20)).shape == (1, 4 * 2**3, 3, 5)
+
+
+@pytest.mark.parametrize("dims, size", [(2, (32, 32)), (3, (16, 16, 16))])
+def test_critic_takes_foreground_channels_and_returns_patch_map(dims, size):
+    critic = ShapeCritic(spatial_dims=dims, in_channels=4)
+    scores = critic(torch.rand(2, 4, *size))
+    assert scores.shape == (2, 1, *(s // 8 for s in size))
+    with pytest.raises(ValueError, match="5 channels"):
+        critic(torch.rand(2, 5, *size))
+
+
+@pytest.mark.parametrize("make", [lambda: LMISANet(num_classes=5), lambda: ShapeCritic(in_channels=1)])
+def test_bad_spatial_size_names_size_and_divisor(make):
+    with pytest.raises(ValueError, match=r"\(30, 32\).*divisible by 8"):
+        make()(torch.zeros(1, 1, 30, 32))
+
+
+def test_bad_input_rank_and_channels():
+    net = LMISANet(spatial_dims=3)
+    with pytest.raises(ValueError, match="3D"):
+        net(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="2 channels"):
+        net(torch.zeros(1, 2, 16, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "options", [{"spatial_dims": 1}, {"depth": 1}, {"num_classes": 1}, {"base_filters": 0}, {"in_channels": 0}]
+)
+def test_bad_options(options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        LMISANet(**options)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (8, 8)])
+def test_batch_norm_with_batch_size_one(size):
+    net = LMISANet(num_classes=5)
+    net.train()
+    recon, logits = net(torch.randn(1, 1, *size))
+    before = net.decoder[0].norm1.running_mean.clone()
+    net(torch.randn(1, 1, *size))
+    assert not torch.equal(before, net.decoder[0].norm1.running_mean), "train mode updates running statistics"
+    net.eval()
+    x = torch.randn(1, 1, *size)
+    first, second = net(x), net(x)
+    assert torch.equal(first[1], second[1]), "eval mode is deterministic"
+    assert torch.isfinite(recon).all() and torch.isfinite(logits).all()
+
+
+def test_seed_makes_models_and_outputs_reproducible():
+    x = torch.randn(1, 1, 16, 16)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        net = LMISANet(num_classes=3).eval()
+        outputs.append(net(x))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    torch.manual_seed(8)
+    other = LMISANet(num_classes=3).eval()(x)
+    assert not torch.equal(outputs[0][1], other[1])
+
+
+def test_gradients_reach_each_head_and_the_shared_body():
+    net = LMISANet(num_classes=3)
+    recon, logits = net(torch.randn(2, 1, 16, 16))
+    recon.pow(2).mean().backward()
+    assert net.reconstruction_head.weight.grad.abs().sum() > 0
+    assert net.stem.weight.grad.abs().sum() > 0
+    assert net.segmentation_head.weight.grad is None, "the reconstruction loss does not touch the seg head"
+    net.zero_grad(set_to_none=True)
+    recon, logits = net(torch.randn(2, 1, 16, 16))
+    logits.pow(2).mean().backward()
+    assert net.segmentation_head.weight.grad.abs().sum() > 0
+    assert net.encoder[0].conv1.weight.grad.abs().sum() > 0
+    assert net.reconstruction_head.weight.grad is None
+
+
+def test_layer_table_rows_add_up_and_restore_mode():
+    net = LMISANet(num_classes=5)
+    net.train()
+    rows = layer_table(net, (1, 1, 32, 32))
+    assert net.training
+    names = [name for name, _, _ in rows]
+    assert names[0] == "stem" and names[-2:] == ["reconstruction_head", "segmentation_head"]
+    assert rows[-1][1] == (1, 5, 32, 32)
+    assert sum(params for _, _, params in rows) == count_parameters(net)
+    critic_rows = layer_table(ShapeCritic(in_channels=4), (1, 4, 32, 32))
+    assert critic_rows[-1] == ("score", (1, 1, 4, 4), 128)
