@@ -143,7 +143,9 @@ def _per_label(
 def _class_name(label: int, class_names: ClassNames | None) -> str:
     """Name of ``label`` from a mapping or a sequence indexed by label; ``"label N"`` when unnamed."""
     if isinstance(class_names, str):
-        raise ValueError("class_names must be a mapping {label: name} or a sequence of names, not a string")
+        raise ValueError(  # noqa: TRY004 - bad arguments raise ValueError throughout the package
+            "class_names must be a mapping {label: name} or a sequence of names, not a string"
+        )
     if isinstance(class_names, Mapping) and label in class_names:
         return str(class_names[label])
     if isinstance(class_names, Sequence) and 0 <= label < len(class_names):
