@@ -1,0 +1,264 @@
+"""Headless tests of the slice viewer and the MLNGM explorer (Agg backend, tiny arrays)."""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+
+from lmisa_lite.mlngm import mlngm
+from lmisa_lite.widgets import (
+    CLASS_COLOURS,
+    SliceViewer,
+    mlngm_explorer,
+    mlngm_pyramid,
+    plot_overlay,
+    show_montage,
+)
+
+matplotlib.use("Agg")  # headless, also when this file runs on its own
+
+SHAPE = (12, 10, 8)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def volume() -> np.ndarray:
+    return np.random.default_rng(0).random(SHAPE).astype(np.float32)
+
+
+@pytest.fixture
+def label() -> np.ndarray:
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[3:8, 2:7, 2:6] = 1
+    lab[8:11, 6:9, 1:7] = 2
+    return lab
+
+
+def _shown(viewer: SliceViewer, panel: int, layer: str = "image"):
+    return viewer._artists[panel][layer]
+
+
+def test_slider_moves_the_displayed_slice(volume):
+    viewer = SliceViewer(volume)
+    assert viewer.slider.max == SHAPE[2] - 1
+    png = viewer.image_widget.value
+    viewer.slider.value = 5
+    np.testing.assert_array_equal(viewer.current_slices()[0], volume[:, :, 5].T)
+    np.testing.assert_array_equal(_shown(viewer, 0).get_array(), volume[:, :, 5].T)
+    assert viewer.image_widget.value != png
+    viewer.set_slice(1)
+    np.testing.assert_array_equal(_shown(viewer, 0).get_array(), volume[:, :, 1].T)
+    with pytest.raises(ValueError, match="slice index"):
+        viewer.set_slice(SHAPE[2])
+    assert plt.get_fignums() == []  # the viewer's figure stays out of pyplot
+
+
+def test_axis_change_updates_slider_and_slices(volume):
+    viewer = SliceViewer(volume)
+    viewer.axis_selector.value = 0
+    assert viewer.slider.max == SHAPE[0] - 1
+    viewer.slider.value = 3
+    np.testing.assert_array_equal(viewer.current_slices()[0], volume[3].T)
+    viewer.axis_selector.value = 1
+    assert viewer.slider.max == SHAPE[1] - 1
+    np.testing.assert_array_equal(_shown(viewer, 0).get_array(), volume[:, viewer.slider.value, :].T)
+    assert _shown(viewer, 0).get_extent() == [-0.5, SHAPE[0] - 0.5, -0.5, SHAPE[2] - 0.5]
+
+
+def test_overlay_toggles_style_and_opacity(volume, label):
+    viewer = SliceViewer(volume, label=label, prediction=np.roll(label, 1, axis=0), titles=["both"])
+    viewer.set_slice(3)
+    pred = _shown(viewer, 0, "prediction")
+    np.testing.assert_array_equal(pred.get_array(), np.roll(label, 1, axis=0)[:, :, 3].T)
+    # A panel with both layers outlines the label and fills the prediction.
+    assert pred.get_visible() and not _shown(viewer, 0, "label").get_visible()
+    assert len(viewer.axes[0].collections) == 2  # one outline per class in the slice
+    viewer.overlay_toggle.value = False
+    assert len(viewer.axes[0].collections) == 0
+    viewer.opacity_slider.value = 0.8
+    assert pred.get_alpha() == pytest.approx(0.8)
+    viewer.prediction_toggle.value = False
+    assert not pred.get_visible()
+    viewer.prediction_toggle.value = True
+    viewer.style_selector.value = "contour"
+    assert not pred.get_visible() and len(viewer.axes[0].collections) == 2
+
+
+def test_label_only_panel_fills_and_toggles(volume, label):
+    viewer = SliceViewer(volume, label=label, class_names=["background", "kidney", "tumour"])
+    lab = _shown(viewer, 0, "label")
+    assert lab.get_visible() and lab.get_alpha() == pytest.approx(0.4)
+    viewer.overlay_toggle.value = False
+    assert not lab.get_visible()
+    assert "kidney" in viewer.legend.value and "tumour" in viewer.legend.value
+    assert viewer.prediction_toggle.disabled
+
+
+def test_panels_move_in_lock_step(volume):
+    images = [volume, 2 * volume, volume[::-1].copy()]
+    viewer = SliceViewer(images)
+    viewer.slider.value = 6
+    for shown, image in zip(viewer.current_slices(), images):
+        np.testing.assert_array_equal(shown, image[:, :, 6].T)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(_shown(viewer, i).get_array(), image[:, :, 6].T)
+    assert viewer.titles == ["panel 1", "panel 2", "panel 3"]
+    assert len(viewer.figure.axes) == 3
+
+
+def test_dict_input_gives_titles_and_aligns_layers(volume, label):
+    viewer = SliceViewer({"CT": volume, "MRI": 1 - volume}, prediction={"MRI": label})
+    assert [ax.get_title() for ax in viewer.axes] == ["CT", "MRI"]
+    preds = viewer.current_slices("prediction")
+    assert preds[0] is None
+    np.testing.assert_array_equal(preds[1], label[:, :, viewer.slider.value].T)
+    assert "prediction" not in viewer._artists[0]
+    with pytest.raises(ValueError, match="PET"):
+        SliceViewer({"CT": volume}, label={"PET": label})
+
+
+def test_compare_puts_truth_and_predictions_side_by_side(volume, label):
+    viewer = SliceViewer.compare(volume, label, {"mlngm": label, "raw": np.zeros_like(label)})
+    assert viewer.titles == ["ground truth", "mlngm", "raw"]
+    assert len(viewer.figure.axes) == 3
+    assert viewer.current_slices("label")[1:] == [None, None]
+    assert viewer.current_slices("prediction")[0] is None
+    assert "label" in viewer._artists[0] and "prediction" in viewer._artists[2]
+
+
+def test_static_montage_has_n_axes_per_panel(volume, label):
+    viewer = SliceViewer({"CT": volume, "MRI": volume}, label=label, class_names=["kidney", "tumour"])
+    fig = viewer.static_montage(n=4)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2 * 4
+    assert fig.axes[0].get_title().startswith("CT")
+    assert len(fig.axes[0].images) == 2  # image + label overlay
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kidney", "tumour"]
+    assert plt.get_fignums() == []  # closed in pyplot: shown once when returned from a cell
+    assert len(show_montage(volume, n=50).axes) == SHAPE[2]  # at most one axes per slice
+    sagittal = viewer.static_montage(n=2, axis=0)
+    np.testing.assert_array_equal(sagittal.axes[0].images[0].get_array(), volume[4].T)  # linspace(0, 11, 4)
+    with pytest.raises(ValueError, match="axis"):
+        viewer.static_montage(axis=3)
+
+
+def test_invalid_inputs_raise_value_errors(volume, label):
+    with pytest.raises(ValueError, match=r"image\[1\]"):
+        SliceViewer([volume, volume[:-1]])
+    with pytest.raises(ValueError, match="label"):
+        SliceViewer(volume, label=label[:, :, :-1])
+    with pytest.raises(ValueError, match="prediction"):
+        SliceViewer([volume, volume], prediction=[label])
+    with pytest.raises(ValueError, match="2D"):
+        SliceViewer(np.zeros(5))
+    with pytest.raises(ValueError, match="3D"):
+        SliceViewer(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="titles"):
+        SliceViewer([volume, volume], titles=["one"])
+    with pytest.raises(ValueError, match="window"):
+        SliceViewer(volume, window=(1.0, 0.0))
+
+
+def test_2d_image_has_no_active_slider(label):
+    image = np.arange(20.0).reshape(5, 4)
+    lab = label[:5, :4, 3]
+    viewer = SliceViewer(image, label=lab)
+    assert viewer.slider.disabled
+    assert viewer.axis_selector.layout.display == "none"
+    np.testing.assert_array_equal(viewer.current_slices()[0], image.T)
+    np.testing.assert_array_equal(viewer.current_slices("label")[0], lab.T)
+    assert len(viewer.static_montage().axes) == 1
+
+
+def test_contrast_percentiles_and_window(volume):
+    viewer = SliceViewer(volume, percentiles=(5, 95))
+    assert _shown(viewer, 0).get_clim() == pytest.approx(tuple(np.percentile(volume, [5, 95])))
+    viewer.contrast_selector.value = "window"
+    viewer.window_slider.value = (0.25, 0.5)
+    assert _shown(viewer, 0).get_clim() == pytest.approx((0.25, 0.5))
+    assert viewer.percentile_slider.layout.display == "none"
+    assert SliceViewer(volume, window=(0.1, 0.9)).contrast(0) == pytest.approx((0.1, 0.9))
+
+
+def test_widgets_carry_css_classes(volume):
+    viewer = SliceViewer(volume)
+    assert "lmisa-slice-viewer" in viewer.widget._dom_classes
+    assert "lmisa-slice-slider" in viewer.slider._dom_classes
+    assert viewer.image_widget.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert viewer.figure.get_size_inches()[0] * viewer.figure.dpi <= 1200
+
+
+def test_class_colours_and_plot_overlay():
+    assert CLASS_COLOURS[0][3] == 0.0
+    assert len({c for c in CLASS_COLOURS[1:5]}) == 4
+    _, ax = plt.subplots()
+    image = np.random.default_rng(1).random((6, 5))
+    lab = np.zeros((6, 5), np.uint8)
+    lab[1:3, 1:4] = 2
+    shown = plot_overlay(ax, image, lab, class_names={2: "LAC"}, alpha=0.5)
+    np.testing.assert_array_equal(shown.get_array(), image.T)
+    overlay = ax.images[1]
+    assert overlay.get_alpha() == 0.5
+    assert overlay.cmap(overlay.norm(2)) == pytest.approx(to_rgba(CLASS_COLOURS[2]))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["LAC"]
+    with pytest.raises(ValueError, match="label2d"):
+        plot_overlay(ax, image, lab[:5])
+
+
+@pytest.fixture
+def ct_mri() -> dict[str, np.ndarray]:
+    x, y = np.mgrid[:32, :32]
+    body = ((x - 16) ** 2 + (y - 16) ** 2 < 144).astype(np.float64)
+    organ = ((x - 13) ** 2 + (y - 18) ** 2 < 16).astype(np.float64)
+    noise = np.random.default_rng(2).normal(0, 0.02, (32, 32))
+    return {"CT": 40 * body + 200 * organ + noise, "MRI": 2 * body - 1.5 * organ + noise}
+
+
+def test_mlngm_pyramid_sums_to_mlngm(ct_mri):
+    pyramid = mlngm_pyramid(ct_mri["CT"], levels=4, window=3, threshold=1e-3)
+    assert [p["resized"].shape for p in pyramid] == [(32, 32), (16, 16), (8, 8)]  # 4x4 < 2 * window: skipped
+    total = sum(p["upsampled"] for p in pyramid)
+    total = (total - total.min()) / (total.max() - total.min())
+    np.testing.assert_allclose(total, mlngm(ct_mri["CT"], levels=4, window=3, threshold=1e-3), atol=1e-6)
+    with pytest.raises(ValueError, match="2D"):
+        mlngm_pyramid(np.zeros((8, 8, 8)))
+
+
+def test_mlngm_explorer_updates_with_level(ct_mri):
+    explorer = mlngm_explorer(ct_mri, levels=3)
+    assert "lmisa-mlngm-explorer" in explorer.widget._dom_classes
+    level0 = explorer.current_panels()
+    png = explorer.image_widget.value
+    explorer.update(level=2)
+    level2 = explorer.current_panels()
+    assert level0["CT"]["image"].shape == (32, 32) and level2["CT"]["image"].shape == (8, 8)
+    assert level2["MRI"]["normalised"].shape == (8, 8)
+    np.testing.assert_array_equal(level0["CT"]["mlngm"], level2["CT"]["mlngm"])
+    assert explorer.image_widget.value != png
+    explorer.update(level="sum")
+    assert explorer.current_panels()["CT"]["gradient"].shape == (32, 32)
+    explorer.update(levels=1)
+    assert list(explorer.level_selector.options) == [0, "sum"]
+    np.testing.assert_allclose(explorer.current_panels()["CT"]["mlngm"], mlngm(ct_mri["CT"], levels=1),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="window"):
+        explorer.update(window=4)
+    with pytest.raises(ValueError, match="2D"):
+        mlngm_explorer({"CT": np.zeros((8, 8, 8))})
+
+
+def test_mlngm_explorer_static_figure(ct_mri):
+    explorer = mlngm_explorer(ct_mri, levels=2)
+    fig = explorer.static_figure()
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2 * (2 + 2)  # per image: image, two levels, MLNGM
+    assert fig.axes[-1].get_title().startswith("MLNGM")
+    assert plt.get_fignums() == []
