@@ -23,6 +23,7 @@ tutorial: $(STAMP)
 
 ## All tests: unit tests, notebooks under nbval (quick profile), the quick tutorial end to end.
 test: $(STAMP)
+	.ci/install-browser
 	LMISA_PROFILE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 ## Unit tests only (no notebooks).
@@ -31,6 +32,7 @@ test-fast: $(STAMP)
 
 ## The end-to-end JupyterLab test in headless Chromium, alone.
 test-browser: $(STAMP)
+	.ci/install-browser
 	LMISA_PROFILE=quick $(BIN)/python -m pytest tests -m browser
 
 bench: $(STAMP)
