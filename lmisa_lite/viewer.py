@@ -9,6 +9,12 @@ and sagittal slices Y against Z, superior at the top. 2D ``(X, Y)`` arrays are d
 The interactive figure is a plain :class:`matplotlib.figure.Figure` outside pyplot, rendered to PNG into an
 ``ipywidgets.Image``: it updates in JupyterLab with the default inline backend, needs no ipympl, and never shows
 up as a stray figure at the end of a cell.
+
+Sizes: figures are at most 840 px wide at 100 dpi (:data:`MAX_FIGURE_PX`), the width of a notebook's output
+area in JupyterLab's default layout on a 1280-px screen with the file browser open. The picture is shown at
+its own size, never stretched to the output width, and only shrinks (keeping its aspect) in a narrower output
+area, so text drawn at 9 pt or more stays at least 12 px tall on screen. Controls carry CSS classes
+(``lmisa-...``) by which pages and tests find them regardless of their descriptions.
 """
 from __future__ import annotations
 
@@ -40,8 +46,10 @@ CLASS_COLOURS: tuple[tuple[float, float, float, float], ...] = (
 AXIS_NAMES = ("X (sagittal)", "Y (coronal)", "Z (axial)")
 _LAYERS = ("label", "prediction")
 _DPI = 100
-_MAX_WIDTH_IN = 12.0  # 1200 px at _DPI
-_PANELS_PER_ROW = 4
+MAX_FIGURE_PX = 840
+_MAX_WIDTH_IN = MAX_FIGURE_PX / _DPI
+_PANELS_PER_ROW = 4  # 4 panels of 210 px in one row; more wrap into balanced rows (5 -> 3 + 2)
+_PANEL_IN = 3.6  # panel side when few panels share the width (2 panels: 720 px)
 _MAX_SAMPLES = 1_000_000  # voxels used to estimate percentiles of large volumes
 
 Panels = np.ndarray | Sequence[Any] | Mapping[str, Any] | None
@@ -115,6 +123,54 @@ def _place_axes(fig: Figure, axes: Sequence[Axes], ncols: int, ratio: float, *, 
         bottom = bottom_in + (nrows - 1 - r) * cell
         ax.set_position([(c * side + pad) / width, bottom / height, (side - 2 * pad) / width,
                          side * ratio / height])
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """``(rows, columns)`` for ``n`` panels: at most :data:`_PANELS_PER_ROW` per row, rows filled evenly."""
+    rows = math.ceil(n / _PANELS_PER_ROW)
+    return rows, math.ceil(n / rows)
+
+
+def _image_widget(css_class: str) -> w.Image:
+    """An empty PNG ``ipywidgets.Image`` shown at its natural size.
+
+    A box stretches its children to its width by default, which blurs a small picture and shrinks a large
+    one together with its text. ``align_self`` keeps the natural width; ``max_width`` only lets the picture
+    shrink, keeping its aspect, when the output area is narrower than it.
+    """
+    image = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto", align_self="flex-start",
+                                                  object_fit="contain"))
+    image.add_class(css_class)
+    return image
+
+
+def _inline(control: w.ToggleButtons, css_class: str, *, description_width: str | None = None
+            ) -> w.ToggleButtons:
+    """Put a ToggleButtons' description beside its buttons, as for sliders, rather than above them.
+
+    ipywidgets lays a ToggleButtons' label out as a block over the buttons; the class ``widget-inline-hbox``
+    is the one ipywidgets gives its own one-line controls (sliders, dropdowns), with a right-aligned label.
+    """
+    control.add_class("widget-inline-hbox")
+    control.add_class(css_class)
+    if description_width is not None:
+        control.style.description_width = description_width
+    return control
+
+
+def _row(children: Sequence[w.Widget]) -> w.HBox:
+    """A row of controls that wraps onto a second line in a narrow output area instead of overflowing it."""
+    return w.HBox(list(children), layout=w.Layout(flex_flow="row wrap", align_items="center"))
+
+
+def _decimals_format(low: float, high: float) -> str:
+    """Readout format with as many decimals as a range ``low..high`` needs (HU: none; [0, 1]: two).
+
+    A fixed number of significant digits would print "-200.0" or "0.2500"; slider readouts have room for
+    about ten characters.
+    """
+    decimals = 2 - math.floor(math.log10(high - low)) if high > low else 2
+    return f".{int(np.clip(decimals, 0, 4))}f"
 
 
 def render_png(fig: Figure) -> bytes:
@@ -255,15 +311,20 @@ class SliceViewer:
         opacity: Opacity of filled overlays, 0 to 1.
         class_names: Names of classes 1, 2, ... (list, optionally led by ``"background"``, or dict).
         cmap: Colour map of the images.
-        figsize: Figure size in inches (default: about 3.6 in per panel, at most 12 in = 1200 px wide).
+        figsize: Figure size in inches (default: 3.6 in per panel, at most 4 panels per row and at most
+            8.4 in = 840 px wide; 4 panels are 210 px each).
         style: ``"fill"`` or ``"contour"``.
         spacing: Voxel size per axis (mm), used for the aspect ratio of the slices.
 
     Attributes:
         slider, axis_selector, overlay_toggle, prediction_toggle, opacity_slider, style_selector,
-        contrast_selector, percentile_slider, window_slider, legend: The controls.
-        image_widget: ``ipywidgets.Image`` holding the rendered PNG.
-        widget: The top-level ``VBox`` (CSS class ``lmisa-slice-viewer``).
+        contrast_selector, percentile_slider, window_slider, legend: The controls, with CSS classes
+            ``lmisa-slice-slider``, ``lmisa-axis-selector``, ``lmisa-label-toggle``,
+            ``lmisa-prediction-toggle``, ``lmisa-opacity-slider``, ``lmisa-style-selector``,
+            ``lmisa-contrast-selector``, ``lmisa-percentile-slider`` and ``lmisa-window-slider``.
+        image_widget: ``ipywidgets.Image`` holding the rendered PNG (CSS class ``lmisa-slice-image``).
+        widget: The top-level ``VBox`` (CSS class ``lmisa-slice-viewer``; also ``lmisa-compare-viewer``
+            when made by :meth:`compare`).
         figure: The one matplotlib Figure, one axes per panel.
 
     Raises:
@@ -336,45 +397,57 @@ class SliceViewer:
                                   description=f"{AXIS_NAMES[axis][0]} slice", disabled=self.ndim == 2,
                                   layout=w.Layout(width="520px"))
         self.slider.add_class("lmisa-slice-slider")
-        self.axis_selector = w.ToggleButtons(options=[(n.split()[0], i) for i, n in enumerate(AXIS_NAMES)],
-                                             value=axis, description="axis", tooltips=list(AXIS_NAMES),
-                                             style={"button_width": "48px"})
+        self.axis_selector = _inline(
+            w.ToggleButtons(options=[(n.split()[0], i) for i, n in enumerate(AXIS_NAMES)], value=axis,
+                            description="axis", tooltips=list(AXIS_NAMES), style={"button_width": "48px"}),
+            "lmisa-axis-selector")
         if self.ndim == 2:
             self.slider.layout.display = "none"
             self.axis_selector.layout.display = "none"
         has = {k: any(a is not None for a in v) for k, v in self._layers.items()}
         self.overlay_toggle = w.Checkbox(value=has["label"], description="label", disabled=not has["label"],
                                          indent=False, layout=w.Layout(width="90px"))
+        self.overlay_toggle.add_class("lmisa-label-toggle")
         self.prediction_toggle = w.Checkbox(value=has["prediction"], description="prediction",
                                             disabled=not has["prediction"], indent=False,
                                             layout=w.Layout(width="110px"))
-        self.style_selector = w.ToggleButtons(options=["fill", "contour"], value=style,
-                                              style={"button_width": "64px"})
+        self.prediction_toggle.add_class("lmisa-prediction-toggle")
+        # Button widths hold the longest label ("contour", "percentile") plus the buttons' 20 px of padding.
+        self.style_selector = _inline(
+            w.ToggleButtons(options=["fill", "contour"], value=style, style={"button_width": "84px"},
+                            tooltips=["filled colour", "class outlines"]),
+            "lmisa-style-selector")
         self.opacity_slider = w.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05, description="opacity",
                                             continuous_update=True, layout=w.Layout(width="300px"))
+        self.opacity_slider.add_class("lmisa-opacity-slider")
         lo = float(min(np.nanmin(a) for a in self._images))
         hi = float(max(np.nanmax(a) for a in self._images))
         hi = hi if hi > lo else lo + 1.0
         start = window if window is not None else self._percentiles(0, percentiles)
-        self.contrast_selector = w.ToggleButtons(options=["percentile", "window"],
-                                                 value="window" if window is not None else "percentile",
-                                                 description="contrast", style={"button_width": "80px"})
+        self.contrast_selector = _inline(
+            w.ToggleButtons(options=["percentile", "window"], description="contrast",
+                            value="window" if window is not None else "percentile",
+                            style={"button_width": "96px"}),
+            "lmisa-contrast-selector")
+        # One decimal reads "1.0 – 99.0" or "0.5 – 99.5": narrower than the 72-px readout box of a slider.
         self.percentile_slider = w.FloatRangeSlider(value=tuple(percentiles), min=0.0, max=100.0, step=0.5,
-                                                    description="percentiles", continuous_update=False,
-                                                    layout=w.Layout(width="420px"))
+                                                    description="percentiles", readout_format=".1f",
+                                                    continuous_update=False, layout=w.Layout(width="420px"))
+        self.percentile_slider.add_class("lmisa-percentile-slider")
         self.window_slider = w.FloatRangeSlider(value=(max(lo, start[0]), min(hi, start[1])), min=lo, max=hi,
-                                                step=(hi - lo) / 500, description="window", readout_format=".4g",
+                                                step=(hi - lo) / 500, description="window",
+                                                readout_format=_decimals_format(lo, hi),
                                                 continuous_update=False, layout=w.Layout(width="420px"))
+        self.window_slider.add_class("lmisa-window-slider")
         self.legend = w.HTML(self._legend_html())
-        self.image_widget = w.Image(format="png", layout=w.Layout(max_width="1200px"))
-        self.image_widget.add_class("lmisa-slice-image")
+        self.image_widget = _image_widget("lmisa-slice-image")
         overlays = [self.overlay_toggle, self.prediction_toggle, self.style_selector, self.opacity_slider]
         if not (has["label"] or has["prediction"]):
             for c in overlays:
                 c.layout.display = "none"
-        self.widget = w.VBox([w.HBox([self.axis_selector, self.slider]), w.HBox(overlays),
-                              w.HBox([self.contrast_selector, self.percentile_slider, self.window_slider]),
-                              self.legend, self.image_widget], layout=w.Layout(max_width="1220px"))
+        self.widget = w.VBox([_row([self.axis_selector, self.slider]), _row(overlays),
+                              _row([self.contrast_selector, self.percentile_slider, self.window_slider]),
+                              self.legend, self.image_widget])
         self.widget.add_class("lmisa-slice-viewer")
         self._show_contrast_control()
         self.slider.observe(self._on_change, "value")
@@ -385,15 +458,14 @@ class SliceViewer:
 
     def _build_figure(self, figsize: tuple[float, float] | None) -> None:
         n = len(self._images)
-        self._ncols = min(n, _PANELS_PER_ROW)
-        self._side = min(3.6, _MAX_WIDTH_IN / self._ncols)
+        nrows, self._ncols = _grid(n)
+        self._side = min(_PANEL_IN, _MAX_WIDTH_IN / self._ncols)
         self._fixed_ratio = None
         if figsize is not None:
             self._side = figsize[0] / self._ncols
-            self._fixed_ratio = ((figsize[1] - 0.35) / math.ceil(n / self._ncols) - 0.3) / self._side
+            self._fixed_ratio = ((figsize[1] - 0.35) / nrows - 0.3) / self._side
         self.figure = Figure(figsize=figsize or (self._side * self._ncols, self._side), dpi=_DPI)
-        self.axes: list[Axes] = [self.figure.add_subplot(math.ceil(n / self._ncols), self._ncols, i + 1)
-                                 for i in range(n)]
+        self.axes: list[Axes] = [self.figure.add_subplot(nrows, self._ncols, i + 1) for i in range(n)]
         self._artists: list[dict[str, AxesImage]] = []
         blank = np.zeros((2, 2))
         for ax, title, i in zip(self.axes, self.titles, range(n)):
@@ -605,11 +677,13 @@ class SliceViewer:
                 else:
                     _draw_contours(ax, lab)
             ax.set_axis_off()
+            # Name and slice on two lines: six slices share 840 px, 140 px each.
             where = f"{AXIS_NAMES[axis][0]}={k}" if self.ndim == 3 else ""
-            ax.set_title(f"{self.titles[i]} {where}".strip(), fontsize=9)
+            ax.set_title("\n".join(t for t in (self.titles[i], where) if t), fontsize=9)
         h, wd = _take(self._images[0], axis, 0).shape
+        lines = 2 if self.ndim == 3 and any(self.titles) else 1
         _place_axes(fig, axes, n, aspect * h / wd, side=min(2.4, _MAX_WIDTH_IN / n), top_in=0.05,
-                    bottom_in=0.4 if legend else 0.05, title_in=0.28)
+                    bottom_in=0.4 if legend else 0.05, title_in=0.1 + 0.18 * lines)
         if legend:
             fig.legend(handles=_legend_handles(self.class_names), loc="lower center",
                        ncol=min(len(self.class_names), 6), fontsize=9, frameon=False)
@@ -628,7 +702,8 @@ class SliceViewer:
             **kwargs: Further :class:`SliceViewer` options (``class_names``, ``axis``, ...).
 
         Returns:
-            A viewer whose first panel is ``"ground truth"`` and the others the named predictions.
+            A viewer whose first panel is ``"ground truth"`` and the others the named predictions; its
+            widget has the CSS classes ``lmisa-slice-viewer`` and ``lmisa-compare-viewer``.
 
         Examples:
             >>> vol = np.random.rand(8, 8, 4); gt = (vol > 0.5).astype(np.uint8)
@@ -639,7 +714,9 @@ class SliceViewer:
         titles = (["ground truth"] if label is not None else []) + names
         labels = ([label] if label is not None else []) + [None] * len(names)
         preds = ([None] if label is not None else []) + list(predictions.values())
-        return cls([image] * len(titles), label=labels, prediction=preds, titles=titles, **kwargs)
+        viewer = cls([image] * len(titles), label=labels, prediction=preds, titles=titles, **kwargs)
+        viewer.widget.add_class("lmisa-compare-viewer")
+        return viewer
 
 
 def show_montage(image: Panels, *, label: Panels = None, prediction: Panels = None, n: int = 6,

@@ -3,7 +3,7 @@
 The MLNGM explorer takes named 2D images (e.g. ``{"CT": ct, "MRI": mri}``) and shows, for the chosen settings
 and scale, each image resized to that scale, its Sobel gradient magnitude, the locally normalised map and the
 final MLNGM, so one can see why CT and MRI end up alike. Every widget has a static figure for executed notebooks
-rendered to HTML.
+rendered to HTML. Figures keep to the viewer's 840-px width (four 210-px columns) with titles of 9-10 pt.
 """
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ from lmisa_lite.mlngm import (
     _sobel_magnitude,
 )
 from lmisa_lite.viewer import (
+    _MAX_WIDTH_IN,
     CLASS_COLOURS,
     SliceViewer,
+    _image_widget,
+    _inline,
     _place_axes,
+    _row,
     class_colour,
     plot_overlay,
     render_png,
@@ -41,6 +45,7 @@ WINDOWS = (3, 5, 7, 9)
 THRESHOLDS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 MAX_LEVELS = 6
 _COLUMNS = ("image", "gradient", "normalised", "mlngm")
+_TITLE_PT = 10  # 14 px at 100 dpi
 
 
 def mlngm_pyramid(image: np.ndarray, *, levels: int = 4, window: int = 3,
@@ -101,8 +106,11 @@ class MLNGMExplorer:
         level: Scale shown first: ``0 .. levels-1`` or ``"sum"``.
 
     Attributes:
-        levels_slider, window_selector, threshold_slider, level_selector: The controls.
-        image_widget: ``ipywidgets.Image`` with the rendered figure.
+        levels_slider, window_selector, threshold_slider, level_selector: The controls, with CSS classes
+            ``lmisa-mlngm-levels``, ``lmisa-mlngm-window``, ``lmisa-mlngm-threshold`` and
+            ``lmisa-mlngm-level``.
+        image_widget: ``ipywidgets.Image`` with the rendered figure (CSS class ``lmisa-mlngm-image``), 840 px
+            wide: four columns of 210 px.
         widget: The top-level ``VBox`` (CSS class ``lmisa-mlngm-explorer``).
         figure: The matplotlib Figure drawn into ``image_widget``.
 
@@ -137,21 +145,24 @@ class MLNGMExplorer:
         thresholds = sorted(set(THRESHOLDS) | {float(threshold)})
         self.levels_slider = w.IntSlider(value=levels, min=1, max=MAX_LEVELS, description="levels",
                                          continuous_update=False)
-        self.window_selector = w.ToggleButtons(options=list(WINDOWS), value=window, description="window",
-                                               style={"button_width": "40px"})
+        self.levels_slider.add_class("lmisa-mlngm-levels")
+        self.window_selector = _inline(w.ToggleButtons(options=list(WINDOWS), value=window,
+                                                       description="window", style={"button_width": "40px"}),
+                                       "lmisa-mlngm-window")
         self.threshold_slider = w.SelectionSlider(options=[(f"{t:g}", t) for t in thresholds],
                                                   value=float(threshold), description="threshold",
                                                   continuous_update=False)
+        self.threshold_slider.add_class("lmisa-mlngm-threshold")
         options = self._level_options(levels, window)
         if level not in options:
             raise ValueError(f"level must be one of {options}; got {level!r}")
-        self.level_selector = w.ToggleButtons(options=options, value=level,
-                                              description="level shown", style={"button_width": "48px"})
-        self.image_widget = w.Image(format="png", layout=w.Layout(max_width="1200px"))
-        self.image_widget.add_class("lmisa-mlngm-image")
-        self.widget = w.VBox([w.HBox([self.levels_slider, self.threshold_slider]),
-                              w.HBox([self.window_selector, self.level_selector]), self.image_widget],
-                             layout=w.Layout(max_width="1220px"))
+        # "level shown" nearly fills the usual 80-px label column; a wider one keeps it off the buttons before.
+        self.level_selector = _inline(w.ToggleButtons(options=options, value=level, description="level shown",
+                                                      style={"button_width": "48px"}),
+                                      "lmisa-mlngm-level", description_width="100px")
+        self.image_widget = _image_widget("lmisa-mlngm-image")
+        self.widget = w.VBox([_row([self.levels_slider, self.threshold_slider]),
+                              _row([self.window_selector, self.level_selector]), self.image_widget])
         self.widget.add_class("lmisa-mlngm-explorer")
         self.figure = Figure(dpi=100)
         rows = len(self.images)
@@ -239,23 +250,26 @@ class MLNGMExplorer:
             panels[name] = {**maps, "mlngm": _mlngm_map(pyramid)}
         return panels
 
-    def _titles(self, shape: tuple[int, ...]) -> tuple[str, ...]:
+    def _titles(self, name: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+        """Column titles of one row, two lines each at most (a column is 210 px wide)."""
+        mlngm = f"MLNGM\n{self.levels} level{'s' if self.levels > 1 else ''}"
         if self.level == "sum":
-            return ("image", "gradient, all levels", "normalised, all levels", f"MLNGM ({self.levels} levels)")
+            return (f"{name}\nimage", "gradient\nall levels", "normalised\nall levels", mlngm)
         scale = f"1/{2 ** int(self.level)}" if self.level else "1"
-        return (f"image, scale {scale} {shape[0]}x{shape[1]}", "gradient magnitude", "locally normalised",
-                f"MLNGM ({self.levels} levels)")
+        return (f"{name}\nscale {scale}, {shape[0]}x{shape[1]}", "gradient\nmagnitude", "locally\nnormalised",
+                mlngm)
 
     def _redraw(self) -> None:
         if self._hold:
             return
         for ax_row, (name, maps) in zip(self._axes, self.current_panels().items()):
-            titles = self._titles(maps["image"].shape)
+            titles = self._titles(name, maps["image"].shape)
             for ax, column, title in zip(ax_row, _COLUMNS, titles):
-                _show_map(ax, maps[column], f"{name}: {title}" if column == "image" else title,
-                          cmap="magma" if column == "gradient" else "gray")
+                _show_map(ax, maps[column], title, cmap="magma" if column == "gradient" else "gray",
+                          fontsize=_TITLE_PT)
         h, wd = next(iter(self.images.values())).shape
-        _place_axes(self.figure, [ax for row in self._axes for ax in row], 4, wd / h, side=2.9, top_in=0.05)
+        _place_axes(self.figure, [ax for row in self._axes for ax in row], 4, wd / h,
+                    side=_MAX_WIDTH_IN / len(_COLUMNS), top_in=0.05, title_in=0.5)
         self.image_widget.value = render_png(self.figure)
 
     def static_figure(self) -> Figure:
@@ -272,14 +286,15 @@ class MLNGMExplorer:
         axes = [fig.add_subplot(len(pyramids), ncols, j + 1) for j in range(len(pyramids) * ncols)]
         for r, (name, pyramid) in enumerate(pyramids.items()):
             row = axes[r * ncols:(r + 1) * ncols]
-            _show_map(row[0], pyramid[0]["resized"], f"{name}: image")
+            _show_map(row[0], pyramid[0]["resized"], f"{name}\nimage")
             for k, p in enumerate(pyramid):
-                _show_map(row[1 + k], p["normalised"], f"level {k} (scale 1/{2 ** k})")
+                _show_map(row[1 + k], p["normalised"], f"level {k}\nscale 1/{2 ** k}")
             for ax in row[1 + len(pyramid):-1]:
                 ax.set_axis_off()
-            _show_map(row[-1], _mlngm_map(pyramid), f"MLNGM ({len(pyramid)} levels)")
+            _show_map(row[-1], _mlngm_map(pyramid), f"MLNGM\n{len(pyramid)} levels")
         h, wd = next(iter(self.images.values())).shape
-        _place_axes(fig, axes, ncols, wd / h, side=min(2.2, 12.0 / ncols), top_in=0.05)
+        _place_axes(fig, axes, ncols, wd / h, side=min(2.2, _MAX_WIDTH_IN / ncols), top_in=0.05,
+                    title_in=0.45)
         plt.close(fig)
         return fig
 
@@ -294,12 +309,12 @@ def _mlngm_map(pyramid: list[dict[str, np.ndarray]]) -> np.ndarray:
     return _minmax(sum(p["upsampled"] for p in pyramid)).astype(np.float32)
 
 
-def _show_map(ax: Axes, array: np.ndarray, title: str, cmap: str = "gray") -> None:
+def _show_map(ax: Axes, array: np.ndarray, title: str, cmap: str = "gray", fontsize: float = 9) -> None:
     """Draw a 2D map in the viewer's orientation (``array.T``, origin lower), replacing what was there."""
     for old in list(ax.images):
         old.remove()
     ax.imshow(np.asarray(array).T, cmap=cmap, origin="lower", interpolation="nearest")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=fontsize)
     ax.set_axis_off()
 
 

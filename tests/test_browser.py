@@ -2,8 +2,9 @@
 
 For every (notebook, widget) pair in :data:`CASES` the test opens a copy of the notebook in a private
 JupyterLab server (quick profile), runs all cells from the Run menu, waits for the kernel, finds the widget by
-its CSS class, works its controls with the keyboard and mouse, and checks from the DOM and from screenshots
-that the picture follows. It also checks that the widget fits a 1280x800 window without horizontal scrolling.
+its CSS class, works its controls (found by their own ``lmisa-...`` CSS classes, not by their descriptions)
+with the keyboard and mouse, and checks from the DOM and from screenshots that the picture follows. It also
+checks that the widget fits a 1280x800 window without horizontal scrolling.
 
 Screenshots go to the test's temporary folder and, when writable, to ``runs/browser-screenshots/<case>/``.
 Needs Chromium (``.ci/install-browser`` installs Debian's); without it the tests are skipped with the reason.
@@ -15,7 +16,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -123,10 +123,12 @@ def settle(page: Any, image: Any, *, quiet: float = 1.0, timeout: float = WIDGET
     raise AssertionError(f"the picture kept changing (or the kernel stayed busy) for {timeout:.0f} s")
 
 
-def slider_by_label(widget: Any, label: str | re.Pattern[str]) -> Any:
-    """The slider inside ``widget`` whose description matches ``label``."""
-    description = widget.page.locator(".widget-label", has_text=label)
-    return widget.locator(".widget-slider").filter(has=description).first
+def control(widget: Any, css_class: str) -> Any:
+    """The one element inside ``widget`` with CSS class ``css_class`` (a control of the widget)."""
+    found = widget.locator(f".{css_class}")
+    count = found.count()
+    assert count == 1, f"expected one element with CSS class {css_class!r} in the widget; found {count}"
+    return found
 
 
 def move_slider(page: Any, slider: Any, *, key: str = "ArrowRight", presses: int = 3) -> tuple[str, str]:
@@ -157,13 +159,6 @@ def move_slider(page: Any, slider: Any, *, key: str = "ArrowRight", presses: int
         after = handle.get_attribute("aria-valuenow") or ""
     assert after != before, f"neither the keyboard nor the mouse moved the slider (value {before})"
     return before, after
-
-
-def checkbox_by_label(root: Any, pattern: str) -> Any:
-    """The checkboxes inside ``root`` (a widget or the page) whose description matches ``pattern``."""
-    page = getattr(root, "page", root)
-    text = page.locator(".widget-label-basic span", has_text=re.compile(pattern, re.IGNORECASE))
-    return root.locator(".widget-checkbox").filter(has=text)
 
 
 def toggle(page: Any, widget: Any, checkbox: Any, evidence: Evidence, name: str) -> dict[str, Any]:
@@ -201,8 +196,7 @@ def toggle(page: Any, widget: Any, checkbox: Any, evidence: Evidence, name: str)
 def check_slice_viewer(page: Any, widget: Any, evidence: Evidence) -> None:
     """Slice slider moves the slice; the label overlay appears and disappears with its checkbox."""
     image = image_of(widget)
-    slider = widget.locator(".lmisa-slice-slider")
-    assert slider.count() == 1, "the viewer has no slider with CSS class lmisa-slice-slider"
+    slider = control(widget, "lmisa-slice-slider")
     image.scroll_into_view_if_needed()
     before_pixels = evidence.shot(image, "slice-before")
     src = image.get_attribute("src") or ""
@@ -212,15 +206,15 @@ def check_slice_viewer(page: Any, widget: Any, evidence: Evidence) -> None:
     evidence.notes["slice_slider"] = values
     evidence.notes["slice_changed"] = changed_fraction(before_pixels, after_pixels)
     assert evidence.notes["slice_changed"] > 0.001, "the slice slider moved but the picture looks the same"
-    evidence.notes["label_toggle"] = toggle(page, widget, checkbox_by_label(widget, r"^labels?$").first,
-                                            evidence, "label")
+    evidence.notes["label_toggle"] = toggle(page, widget, control(widget, "lmisa-label-toggle"), evidence,
+                                            "label")
 
 
 def check_comparison_viewer(page: Any, widget: Any, evidence: Evidence) -> None:
     """A slice viewer with ground truth and predictions: slider, label and prediction overlays all work."""
-    prediction = checkbox_by_label(widget, r"^predictions?$").first
-    assert prediction.count() == 1 and prediction.locator("input").is_enabled(), (
-        "the comparison viewer has no enabled 'prediction' checkbox (no predictions shown)")
+    prediction = control(widget, "lmisa-prediction-toggle")
+    assert prediction.locator("input").is_enabled(), (
+        "the comparison viewer's 'prediction' checkbox is disabled (no predictions shown)")
     check_slice_viewer(page, widget, evidence)
     evidence.notes["prediction_toggle"] = toggle(page, widget, prediction, evidence, "prediction")
 
@@ -231,15 +225,14 @@ def check_mlngm_explorer(page: Any, widget: Any, evidence: Evidence) -> None:
     image.scroll_into_view_if_needed()
     first = evidence.shot(image, "mlngm-before")
     src = image.get_attribute("src") or ""
-    levels = slider_by_label(widget, re.compile(r"^\s*levels\s*$"))
+    levels = control(widget, "lmisa-mlngm-levels")
     values = move_slider(page, levels, key="ArrowLeft", presses=1)
     src = wait_image_changed(page, image, src, what=f"moving the levels slider {values[0]} -> {values[1]}")
     second = evidence.shot(image, "mlngm-levels-moved")
     evidence.notes["levels_slider"] = values
     evidence.notes["levels_changed"] = changed_fraction(first, second)
     assert evidence.notes["levels_changed"] > 0.001, "the levels slider moved but the figure looks the same"
-    buttons = widget.locator(".widget-toggle-buttons").filter(
-        has=page.locator(".widget-label", has_text="level shown")).locator("button")
+    buttons = control(widget, "lmisa-mlngm-level").locator("button")
     assert buttons.count() >= 2, "no 'level shown' buttons in the MLNGM explorer"
     target = buttons.nth(1)
     target.click()
@@ -256,8 +249,8 @@ def first(widgets: Any) -> Any:
 
 
 def showing_predictions(widgets: Any) -> Any:
-    """The first slice viewer with an enabled 'prediction' checkbox (ground truth and predictions shown)."""
-    enabled = checkbox_by_label(widgets.page, r"^predictions?$").locator("input:enabled")
+    """The first viewer with an enabled prediction checkbox (CSS class ``lmisa-prediction-toggle``)."""
+    enabled = widgets.page.locator(".lmisa-prediction-toggle input:enabled")
     return widgets.filter(has=enabled).first
 
 
@@ -279,7 +272,7 @@ class Case:
 CASES = [
     Case("01_mlngm_across_scales.ipynb", "lmisa-mlngm-explorer", check_mlngm_explorer),
     Case("02_data_and_domain_shift.ipynb", "lmisa-slice-viewer", check_slice_viewer),
-    Case("05_domain_adaptation_analysis.ipynb", "lmisa-slice-viewer", check_comparison_viewer,
+    Case("05_domain_adaptation_analysis.ipynb", "lmisa-compare-viewer", check_comparison_viewer,
          pick=showing_predictions),
 ]
 

@@ -1,12 +1,18 @@
 """Headless tests of the slice viewer and the MLNGM explorer (Agg backend, tiny arrays)."""
 from __future__ import annotations
 
+import ipywidgets as w
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, findfont
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
+from PIL import ImageFont
 
 from lmisa_lite.mlngm import mlngm
 from lmisa_lite.widgets import (
@@ -21,6 +27,10 @@ from lmisa_lite.widgets import (
 matplotlib.use("Agg")  # headless, also when this file runs on its own
 
 SHAPE = (12, 10, 8)
+OUTPUT_PX = 840  # a notebook's output area in JupyterLab's default layout at 1280 px, file browser open
+MIN_TEXT_PX = 10
+# How the image widget must be laid out so that a box never stretches (upscales) the picture.
+IMAGE_LAYOUT = {"max_width": "100%", "height": "auto", "align_self": "flex-start", "object_fit": "contain"}
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +203,115 @@ def test_widgets_carry_css_classes(volume):
     assert "lmisa-slice-viewer" in viewer.widget._dom_classes
     assert "lmisa-slice-slider" in viewer.slider._dom_classes
     assert viewer.image_widget.value[:8] == b"\x89PNG\r\n\x1a\n"
-    assert viewer.figure.get_size_inches()[0] * viewer.figure.dpi <= 1200
+    assert viewer.figure.get_size_inches()[0] * viewer.figure.dpi <= OUTPUT_PX
+
+
+def _with_class(root: w.Widget, css_class: str) -> list[w.Widget]:
+    """Widgets in the displayed tree under ``root`` (itself included) that carry ``css_class``."""
+    found = [root] if css_class in root._dom_classes else []
+    for child in getattr(root, "children", ()):
+        found += _with_class(child, css_class)
+    return found
+
+
+def test_controls_have_css_classes_independent_of_descriptions(volume, label, ct_mri):
+    viewer = SliceViewer(volume, label=label, prediction=label)
+    assert _with_class(viewer.widget, "lmisa-label-toggle") == [viewer.overlay_toggle]
+    assert _with_class(viewer.widget, "lmisa-prediction-toggle") == [viewer.prediction_toggle]
+    assert _with_class(viewer.widget, "lmisa-compare-viewer") == []
+    compare = SliceViewer.compare(volume, label, {"model": label})
+    assert _with_class(compare.widget, "lmisa-compare-viewer") == [compare.widget]
+    assert "lmisa-slice-viewer" in compare.widget._dom_classes
+    assert _with_class(compare.widget, "lmisa-prediction-toggle") == [compare.prediction_toggle]
+    explorer = mlngm_explorer(ct_mri, levels=2)
+    assert _with_class(explorer.widget, "lmisa-mlngm-levels") == [explorer.levels_slider]
+    assert _with_class(explorer.widget, "lmisa-mlngm-level") == [explorer.level_selector]
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels from a PNG's header."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+@pytest.mark.parametrize(("n", "rows"), [(1, 1), (2, 1), (4, 1), (5, 2), (8, 2)])
+def test_default_figure_fits_the_output_area_with_readable_panels(volume, n, rows):
+    viewer = SliceViewer([volume] * n)
+    width, _ = _png_size(viewer.image_widget.value)
+    assert width <= OUTPUT_PX
+    boxes = [ax.get_window_extent() for ax in viewer.axes]  # pixels at the PNG's 100 dpi
+    assert len({round(b.y0) for b in boxes}) == rows
+    assert min(b.width for b in boxes) >= 190  # at most 4 per row: about 200 px each
+    assert {k: getattr(viewer.image_widget.layout, k) for k in IMAGE_LAYOUT} == IMAGE_LAYOUT
+
+
+def _overlap(a: Bbox, b: Bbox, tol: float = 1.0) -> bool:
+    return a.x0 < b.x1 - tol and b.x0 < a.x1 - tol and a.y0 < b.y1 - tol and b.y0 < a.y1 - tol
+
+
+def _assert_readable(fig: Figure) -> None:
+    """All text at least MIN_TEXT_PX tall at the figure's dpi; titles inside the figure, clear of the rest."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert texts
+    for t in texts:
+        assert t.get_fontsize() * fig.dpi / 72 >= MIN_TEXT_PX, t.get_text()
+    frames = [(ax, ax.get_window_extent(renderer)) for ax in fig.axes]
+    titles = [(ax, ax.title.get_window_extent(renderer)) for ax in fig.axes if ax.get_title()]
+    for ax, box in titles:
+        assert box.x0 >= -1 and box.x1 <= fig.bbox.width + 1 and box.y1 <= fig.bbox.height + 1, ax.get_title()
+        clash = [a.get_title() or "axes" for a, other in frames + titles
+                 if other is not box and _overlap(box, other)]
+        assert not clash, f"title {ax.get_title()!r} overlaps {clash}"
+
+
+def test_figures_fit_840_px_with_readable_titles(volume, label, ct_mri):
+    images = {"CT": volume, "MRI (T1)": volume, "MLNGM of CT": volume, "MLNGM of MRI": volume}
+    viewer = SliceViewer(images, label=label, class_names=["kidney", "tumour"])
+    _assert_readable(viewer.figure)
+    montage = viewer.static_montage(n=6)
+    assert montage.get_size_inches()[0] * montage.dpi <= OUTPUT_PX
+    _assert_readable(montage)
+    explorer = mlngm_explorer({"CT": ct_mri["CT"], "MRI (T1)": ct_mri["MRI"]}, levels=3)
+    for level in (0, 1, "sum"):
+        explorer.update(level=level)
+        assert _png_size(explorer.image_widget.value)[0] <= OUTPUT_PX
+        _assert_readable(explorer.figure)
+    assert {k: getattr(explorer.image_widget.layout, k) for k in IMAGE_LAYOUT} == IMAGE_LAYOUT
+    static = mlngm_explorer(ct_mri, levels=4).static_figure()
+    assert static.get_size_inches()[0] * static.dpi <= OUTPUT_PX
+    _assert_readable(static)
+
+
+def test_button_labels_and_descriptions_fit(volume, label, ct_mri):
+    # JupyterLab's widget font is 13 px; buttons add 10 px of padding on each side; labels are 80 px wide.
+    font = ImageFont.truetype(findfont(FontProperties(family="DejaVu Sans")), 13)
+    viewer = SliceViewer(volume, label=label)
+    explorer = mlngm_explorer(ct_mri, levels=3)
+    toggles = [viewer.axis_selector, viewer.style_selector, viewer.contrast_selector,
+               explorer.window_selector, explorer.level_selector]
+    for control in toggles:
+        button = int(control.style.button_width.removesuffix("px"))
+        for text in control._options_labels:
+            assert font.getlength(text) + 20 <= button, (text, control.style.button_width)
+        column = int((control.style.description_width or "80px").removesuffix("px"))
+        assert font.getlength(control.description) <= column, control.description
+        # The description sits beside the buttons, as a slider's does, not on a line of its own.
+        assert "widget-inline-hbox" in control._dom_classes
+
+
+def test_range_readouts_stay_short(volume):
+    viewer = SliceViewer(volume)
+    fmt = viewer.percentile_slider.readout_format
+    for low, high in [(1, 99), (0.5, 99.5), (2, 98)]:
+        text = f"{low:{fmt}} – {high:{fmt}}"
+        assert len(text) <= 10 and float(text.split(" – ")[1]) == high  # exact at the slider's 0.5 step
+    hounsfield = SliceViewer(volume * 3000 - 1024)
+    fmt = hounsfield.window_slider.readout_format
+    assert max(len(f"{v:{fmt}}") for v in hounsfield.window_slider.value) <= 5  # "-1024", not "-1024.0"
+    fmt = viewer.window_slider.readout_format  # intensities in [0, 1]
+    assert f"{0.25:{fmt}}" != f"{0.3:{fmt}}"
 
 
 def test_class_colours_and_plot_overlay():
