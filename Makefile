@@ -7,6 +7,8 @@ PROFILE ?= standard
 OUT ?= runs/$(PROFILE)
 # Put the venv first so that Jupyter kernels started by papermill and nbval use it.
 export PATH := $(abspath $(BIN)):$(PATH)
+# PyTorch's OpenMP threads spin while waiting; on a busy 2-core machine that makes training several times slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install tutorial test test-fast test-browser bench clean
 

@@ -135,7 +135,7 @@ def crop_or_pad(array: np.ndarray, shape: Sequence[int | None], *, value: float 
     out = np.full(target, value, dtype=array.dtype)
     src, dst = [], []
     for n, s, start in zip(array.shape, target, _crop_pad_offsets(array.shape, target)):
-        if start >= 0:
+        if n >= s:  # crop (an offset of 0 is also what padding by one voxel gives, so test the sizes)
             src.append(slice(start, start + s))
             dst.append(slice(0, s))
         else:

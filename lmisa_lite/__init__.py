@@ -25,6 +25,13 @@ _EXPORTS = {
     "load_checkpoint": "lmisa_lite.training",
     "predict_volume": "lmisa_lite.inference",
     "evaluate": "lmisa_lite.evaluation",
+    "summarize": "lmisa_lite.evaluation",
+    "dice": "lmisa_lite.metrics",
+    "assd": "lmisa_lite.metrics",
+    "hd95": "lmisa_lite.metrics",
+    "run_ablation": "lmisa_lite.experiments",
+    "evaluate_unseen": "lmisa_lite.experiments",
+    "mlngm_explorer": "lmisa_lite.widgets",
     "SliceViewer": "lmisa_lite.widgets",
 }
 

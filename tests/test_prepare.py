@@ -238,3 +238,14 @@ def test_foreground_bbox():
         foreground_bbox(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="margin"):
         foreground_bbox(label, margin=(1, 1))
+
+
+def test_crop_or_pad_grows_an_axis_by_one_voxel():
+    import numpy as np
+
+    from data_utils.prepare import crop_or_pad
+
+    out = crop_or_pad(np.ones((127, 126)), (128, 128))
+    assert out.shape == (128, 128)
+    assert out.sum() == 127 * 126
+    assert out[:, 0].sum() == 0 and out[127, :].sum() == 0
