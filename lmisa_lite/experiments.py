@@ -48,6 +48,7 @@ import pandas as pd
 
 from data_utils.case import Case
 from data_utils.phantoms import CLASS_NAMES, MODALITIES, TASKS, make_dataset
+from lmisa_lite._atomic import atomic_write_text
 from lmisa_lite.evaluation import evaluate, summarize, to_markdown, write_csv
 from lmisa_lite.training import TrainConfig, load_checkpoint, train
 
@@ -376,20 +377,6 @@ def _fingerprint(cases: Sequence[Case]) -> str:
 
 def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -756,7 +743,7 @@ def _run_variant(
         if last_state is None:  # files of another configuration would be mistaken for this one's
             for stale in (last, best, folder / "result.csv"):
                 stale.unlink(missing_ok=True)
-        _atomic_write_text(
+        atomic_write_text(
             folder / "run.json",
             json.dumps({"variant": variant, "train_key": train_key, "config": config.to_dict()}, indent=2),
         )
@@ -804,7 +791,7 @@ def _run_variant(
         cases = pd.concat(frames, ignore_index=True)
         write_csv(cases, result_csv)
     checkpoint = best if best.is_file() else last
-    _atomic_write_text(
+    atomic_write_text(
         folder / "run.json",
         json.dumps(
             {
@@ -961,7 +948,7 @@ def run_ablation(
         "chart": out / "dice_by_variant.png",
     }
     write_csv(cases, paths["results_csv"])
-    _atomic_write_text(paths["results_md"], table)
+    atomic_write_text(paths["results_md"], table)
 
     from matplotlib.figure import Figure
 

@@ -12,11 +12,13 @@ import html
 import itertools
 import json
 import os
-import tempfile
 import time
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from lmisa_lite._atomic import atomic_write_text
 
 PROFILES = ("quick", "standard", "paper")
 PROFILE_ENV = "LMISA_PROFILE"
@@ -40,18 +42,6 @@ def current_profile(default: str = "standard") -> str:
     return profile
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def record_metrics(notebook: str, metrics: dict[str, Any], *, out_dir: str | os.PathLike) -> Path:
     """Save a notebook's key numbers for the run's ``metrics.json``.
 
@@ -70,7 +60,7 @@ def record_metrics(notebook: str, metrics: dict[str, Any], *, out_dir: str | os.
         '00_demo.json'
     """
     path = Path(out_dir) / METRICS_DIR / f"{notebook}.json"
-    _atomic_write_text(path, json.dumps(metrics, indent=2, default=_json_default))
+    atomic_write_text(path, json.dumps(metrics, indent=2, default=_json_default))
     return path
 
 
@@ -103,7 +93,7 @@ def _render_html(executed: Path) -> Path:
 
     body, _ = HTMLExporter().from_filename(str(executed))
     target = executed.with_suffix(".html")
-    _atomic_write_text(target, body)
+    atomic_write_text(target, body)
     return target
 
 
@@ -157,7 +147,7 @@ def run_notebook(
         )
     except Exception as err:  # papermill raises PapermillExecutionError for failing cells
         text = _failure_text(err)
-        _atomic_write_text(executed.with_suffix(".error.txt"), text)
+        atomic_write_text(executed.with_suffix(".error.txt"), text)
         if html_report and executed.exists():
             _render_html(executed)
         raise RuntimeError(f"{notebook.name} failed (executed copy: {executed}).\n{text}") from err
@@ -248,10 +238,10 @@ def run_tutorial(
         records.append(rec)
     metrics = _collect_metrics(out_dir / "artifacts")
     metrics["_run"] = {"profile": profile, "notebooks": records}
-    _atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     results_md_path = out_dir / "artifacts" / "results.md"
     results_md = results_md_path.read_text(encoding="utf-8") if results_md_path.exists() else None
-    _atomic_write_text(out_dir / "index.html", _index_html(records, metrics, profile=profile, results_md=results_md))
+    atomic_write_text(out_dir / "index.html", _index_html(records, metrics, profile=profile, results_md=results_md))
     if failure is not None:
         raise failure
     return out_dir
@@ -318,5 +308,5 @@ def run_sweep(
         rows.append(row)
     table = pd.DataFrame(rows)
     target = out_dir / "sweep.csv"
-    _atomic_write_text(target, table.to_csv(index=False))
+    atomic_write_text(target, table.to_csv(index=False))
     return target
