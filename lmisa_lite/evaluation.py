@@ -7,9 +7,7 @@ by the averages and are counted next to them.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data_utils.case import Case
+from lmisa_lite._atomic import atomic_write_text
 from lmisa_lite.metrics import ClassNames, _class_name, evaluate_case
 
 #: Columns of the per-case table returned by :func:`evaluate`, in order.
@@ -323,17 +322,4 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         >>> out.read_text()
         'dice\\n0.9\\n'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    index = not _default_index(df)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            df.to_csv(handle, index=index)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, df.to_csv(index=not _default_index(df)))
