@@ -9,8 +9,8 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lmisa_lite import __version__
 
@@ -118,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     target = _load_domain(args, args.target, n=args.n_train, seed=args.seed)
     val = _load_domain(args, args.source, n=args.n_val, seed=args.seed + 1) if args.data == "phantoms" else None
     result = train(config, source, target, val=val)
-    print(f"trained {config.steps} steps in {result.seconds:.0f} s; best checkpoint: {result.best_checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        print(f"trained {config.steps} steps in {result.seconds:.0f} s; best checkpoint: {result.best_checkpoint}")
     return 0
 
 
