@@ -50,6 +50,10 @@ from lmisa_lite.sampling import (LABELLED_SOURCE, TARGET, UNLABELLED_SOURCE, Poo
                                  sample_batch, step_generator)
 
 TASK_CLASSES = {"kidney": 2, "heart": 5}  # background included
+# One entry per step: the step index, the network's learning rate, the generator loss and its terms
+# (loss_seg and loss_rec unweighted), the critic loss, its gradient penalty and the Wasserstein estimate
+# mean(D(real)) - mean(D(fake)), source validation loss and Dice (NaN between validations) and the seconds
+# since the run started (counted across resumes).
 HISTORY_KEYS = ("step", "lr", "loss_g", "loss_seg", "loss_rec", "loss_adv", "loss_critic", "gp",
                 "wasserstein", "val_loss", "val_dice", "time")
 GRADIENT_PENALTY = 3  # random stream of the gradient-penalty interpolation weights
@@ -64,9 +68,14 @@ Callback = Callable[[int, dict, nn.Module], Any]
 class TrainConfig:
     """Everything that defines a training run; a run is this config plus its data.
 
-    The defaults train a useful 2D kidney model (CT -> MRI phantoms) on a laptop CPU in a few minutes.
-    The published settings are lr 1e-3 (Adam), x0.8 decay at fixed intervals, ``alpha = beta = 40``,
-    gradient-penalty weight 10, one critic step per generator step and batch size 1 (2D) or 2 (3D).
+    The defaults train a useful 2D kidney model (128 x 128 CT -> MRI phantoms) on one CPU core in about five
+    minutes (900 steps of about 0.3 s). They keep the published loss weights and optimiser (Adam, lr 1e-3,
+    x0.8 decay at fixed intervals, ``alpha = beta = 40``, gradient-penalty weight 10, one critic step per
+    generator step, batch size 1 for 2D) with two changes for CPU speed: half the published width
+    (``base_filters=8``; the published network has 16), and Adam ``betas=(0.5, 0.999)``, common for
+    adversarial training, with which the source segmentation converged about twice as fast as with
+    ``(0.9, 0.999)`` on the phantoms. For 3D, set ``spatial_dims=3``, ``image_size=(64, 64, 32)`` and
+    ``batch_size=2`` (published).
 
     Attributes:
         task: ``"kidney"`` (2 classes) or ``"heart"`` (5 classes); sets ``num_classes`` when that is None.
@@ -80,12 +89,12 @@ class TrainConfig:
         lr_decay: Factor applied to both learning rates every ``lr_decay_every`` steps.
         lr_decay_every: Interval of the decay in steps (fixed: extending ``steps`` keeps the schedule).
         critic_lr: Adam learning rate of the critic; None uses ``lr``.
-        betas: Adam betas of both optimisers (PyTorch and Keras defaults).
+        betas: Adam betas of both optimisers.
         alpha: Weight of the reconstruction loss.
         beta: Weight of the source segmentation loss.
         gp_weight: Weight of the gradient penalty.
         n_critic: Critic updates per generator step (on the same batches).
-        base_filters: Width of the first level of the network.
+        base_filters: Width of the first level of the network (published: 16).
         critic_filters: Width of the first level of the critic; None uses ``base_filters``.
         depth: Levels of network and critic (inputs are pooled ``depth - 1`` times).
         use_mlngm: Train on MLNGM maps (True) or on z-scored raw intensities (False).
@@ -114,19 +123,19 @@ class TrainConfig:
     task: str = "kidney"
     spatial_dims: int = 2
     num_classes: int | None = None
-    steps: int = 600
-    batch_size: int = 4
+    steps: int = 900
+    batch_size: int = 1
     image_size: tuple[int, ...] = (128, 128)
     lr: float = 1e-3
     lr_decay: float = 0.8
-    lr_decay_every: int = 100
+    lr_decay_every: int = 150
     critic_lr: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.5, 0.999)
     alpha: float = 40.0
     beta: float = 40.0
     gp_weight: float = 10.0
     n_critic: int = 1
-    base_filters: int = 16
+    base_filters: int = 8
     critic_filters: int | None = None
     depth: int = 4
     use_mlngm: bool = True
@@ -134,7 +143,7 @@ class TrainConfig:
     use_shape_constraint: bool = True
     supervise_target: bool = False
     flip_augment: bool = False
-    val_every: int = 100
+    val_every: int = 50
     val_batch_size: int = 8
     checkpoint_every: int = 100
     out_dir: str | None = None
