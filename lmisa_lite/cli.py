@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="ct")
     p.add_argument("--target", default="mri")
     p.add_argument("--dims", type=int, choices=[2, 3], default=2)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="generator steps (default: TrainConfig's, 900)")
     p.add_argument("--out", required=True, help="folder for last.pt, best.pt and the history")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
     p.add_argument("--data", choices=["phantoms", "mmwhs", "kits19", "chaos"], default="phantoms")

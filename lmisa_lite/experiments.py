@@ -109,10 +109,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr_decay_every": 100,
         "checkpoint_every": 100,
     },
-    # Sized for `make tutorial` on two CPU cores. Learning is limited by the number of updates more than by
-    # the batch: at 128 x 128 and 8 filters, batches of 2 reach a source validation Dice of ~0.75 after ~180
-    # updates, like batches of 4, at half the cost. The variants differ in cost per step (about 1 : 1 : 2.5 :
-    # 3.5 : 1.5 for the order of VARIANTS); with 300 steps the five take ~6 minutes together.
+    # Sized for `make tutorial` on two CPU cores, where notebooks 05-06 train ten models (two experiments).
+    # Learning is limited by the number of updates more than by the batch: 300 steps of batch 1 cost as much
+    # as 200 steps of batch 2 and score about the same. The variants differ in cost per step (about
+    # 1 : 1 : 2.6 : 3.3 : 1.8 in the order of VARIANTS); with 200 steps the five took 236 s together for the
+    # kidney on an otherwise idle 2-core machine. Such short runs rank the variants noisily; `paper` trains longer.
     "standard": {
         "n_train": 24,
         "n_val": 4,
@@ -120,7 +121,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "image_size": 128,
         "volume_shape": (96, 96, 48),
         "patch_size": (64, 64, 32),
-        "steps": 300,
+        "steps": 200,
         "batch_size": 2,
         "base_filters": 8,
         "val_every": 50,
