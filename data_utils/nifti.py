@@ -8,7 +8,6 @@ and label maps uint8.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from data_utils.case import Case
+from lmisa_lite._atomic import atomic_path
 
 # Largest difference (mm) tolerated between the image and label affines. Files written by different
 # tools store the same grid with float32 rounding differences of about 1e-5 mm.
@@ -249,16 +249,8 @@ def _check_nifti_path(path: str | os.PathLike, role: str) -> Path:
 
 def _save_atomic(img: nib.Nifti1Image, path: Path) -> None:
     """Write ``img`` to a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{nifti_stem(path)}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".nii.gz") else ".nii") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _nifti_image(array: np.ndarray, affine: np.ndarray, dtype: type) -> nib.Nifti1Image:

@@ -9,9 +9,6 @@ maps. ``results.png``: the ablation bar charts that a tutorial run wrote.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -21,16 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_utils.phantoms import make_phantom  # noqa: E402
+from lmisa_lite._atomic import atomic_path  # noqa: E402
 from lmisa_lite.mlngm import mlngm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

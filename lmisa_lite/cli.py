@@ -8,27 +8,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from lmisa_lite import __version__
+from lmisa_lite._atomic import atomic_path
 
 
 def _atomic_nifti_save(img, path: Path) -> None:
     """Write a nibabel image to ``path`` through a temporary file in the same folder."""
     import nibabel as nib
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".nii.gz") else path.suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_nifti_name(path: Path, what: str) -> None:

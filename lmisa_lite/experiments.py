@@ -31,12 +31,10 @@ skip them, and an interrupted run continues from ``last.pt``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +46,7 @@ import pandas as pd
 
 from data_utils.case import Case
 from data_utils.phantoms import CLASS_NAMES, MODALITIES, TASKS, make_dataset
-from lmisa_lite._atomic import atomic_write_text
+from lmisa_lite._atomic import atomic_path, atomic_write_text
 from lmisa_lite.evaluation import evaluate, summarize, to_markdown, write_csv
 from lmisa_lite.training import TrainConfig, load_checkpoint, train
 
@@ -388,16 +386,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_cases(path: Path) -> pd.DataFrame:
