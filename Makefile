@@ -26,7 +26,7 @@ tutorial: $(STAMP)
 ## All tests: unit tests, notebooks under nbval (quick profile), the quick tutorial end to end.
 test: $(STAMP)
 	.ci/install-browser
-	LMISA_PROFILE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
+	LMISA_PROFILE=quick $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --durations=15
 
 ## Unit tests only (no notebooks).
 test-fast: $(STAMP)
