@@ -90,14 +90,17 @@ MODALITY_TITLES = {"ct": "CT", "mri": "MRI", "mri_t2": "T2-weighted MRI", "ct_no
 
 #: Settings per profile: data sizes (``n_train`` cases per training domain, ``n_val`` source validation cases,
 #: ``n_test`` target and unseen test cases), the 2D ``image_size`` (phantoms are rendered at that size, the
-#: field of view is fixed), the 3D ``volume_shape`` and ``patch_size``, and :class:`TrainConfig` fields shared
-#: by every variant. ``standard`` is what ``make tutorial`` runs; ``quick`` is for tests; ``paper`` is long.
+#: field of view is fixed) and ``crop`` (2D training sees the central ``crop`` x ``crop`` of each image, or the
+#: whole image when None; evaluation always segments whole images), the 3D ``volume_shape`` and ``patch_size``,
+#: and :class:`TrainConfig` fields shared by every variant. ``tasks`` (optional) maps a task to settings that
+#: replace the profile's for that task only. ``standard`` is what ``make tutorial`` runs; ``quick`` is for tests; ``paper`` is long.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "n_train": 4,
         "n_val": 2,
         "n_test": 2,
         "image_size": 64,
+        "crop": None,
         "volume_shape": (48, 48, 24),
         "patch_size": (32, 32, 16),
         "steps": 4,
@@ -110,13 +113,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Sized for `make tutorial` on two CPU cores, where notebooks 05-06 train ten models (two experiments).
     # Learning is limited by the number of updates more than by the batch: 300 steps of batch 1 cost as much
     # as 200 steps of batch 2 and score about the same. The variants differ in cost per step (about
-    # 1 : 1 : 2.6 : 3.3 : 1.8 in the order of VARIANTS); with 200 steps the five took 236 s together for the
-    # kidney on an otherwise idle 2-core machine. Such short runs rank the variants noisily; `paper` trains longer.
+    # 1 : 1 : 2.6 : 3.3 : 1.8 in the order of VARIANTS); with 200 steps the five kidney models took 236 s
+    # together on an otherwise idle 2-core machine. The heart's four small structures learn more slowly: it gets
+    # 350 steps on the central 96 x 96 of each image (which holds every heart of the phantoms), about 300 s.
+    # Training the kidney on crops was worse (false positives in the margins it never saw). Such short runs
+    # rank the variants noisily; `paper` trains longer.
     "standard": {
         "n_train": 24,
         "n_val": 4,
         "n_test": 8,
         "image_size": 128,
+        "crop": None,
         "volume_shape": (96, 96, 48),
         "patch_size": (64, 64, 32),
         "steps": 200,
@@ -125,12 +132,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_every": 50,
         "lr_decay_every": 100,
         "checkpoint_every": 100,
+        "tasks": {"heart": {"crop": 96, "steps": 350}},
     },
     "paper": {
         "n_train": 100,
         "n_val": 10,
         "n_test": 20,
         "image_size": 128,
+        "crop": None,
         "volume_shape": (96, 96, 48),
         "patch_size": (64, 64, 32),
         "steps": 5000,
@@ -141,7 +150,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "checkpoint_every": 250,
     },
 }
-DATA_KEYS = ("n_train", "n_val", "n_test", "image_size", "volume_shape", "patch_size")
+DATA_KEYS = ("n_train", "n_val", "n_test", "image_size", "crop", "volume_shape", "patch_size")
 # Fields that run_ablation sets itself; a profile or an override may not change them.
 _RESERVED = (
     "task",
@@ -260,18 +269,20 @@ def _check_variants(variants: str | Iterable[str] | None) -> list[str]:
 
 
 def profile_settings(
-    profile: str = "standard", *, overrides: Mapping[str, Any] | None = None
+    profile: str = "standard", *, overrides: Mapping[str, Any] | None = None, task: str | None = None
 ) -> dict[str, Any]:
-    """The settings of a profile with ``overrides`` applied (see :data:`PROFILES`).
+    """The settings of a profile, for a task, with ``overrides`` applied (see :data:`PROFILES`).
 
     Args:
         profile: ``"quick"``, ``"standard"`` or ``"paper"``.
         overrides: Changes: data keys (:data:`DATA_KEYS`) or :class:`TrainConfig` fields such as ``steps``,
             ``batch_size``, ``base_filters`` or ``lr``; not the fields an ablation sets itself (task, seed,
             device, the variant flags...).
+        task: ``"kidney"`` or ``"heart"``: apply the profile's settings for that task (its ``tasks`` entry);
+            None gives the profile's common settings.
 
     Returns:
-        A new dict.
+        A new dict (without the ``tasks`` entry).
 
     Raises:
         ValueError: For an unknown profile, or an override key that is unknown or reserved.
@@ -290,12 +301,26 @@ def profile_settings(
             f"overrides: cannot set {bad}; allowed keys are {list(DATA_KEYS)} and TrainConfig fields "
             f"other than {list(_RESERVED)}"
         )
-    settings = {**PROFILES[profile], **overrides}
+    if task is not None:
+        _check_task(task)
+    common = {k: v for k, v in PROFILES[profile].items() if k != "tasks"}
+    settings = {**common, **PROFILES[profile].get("tasks", {}).get(task, {}), **overrides}
     for key, low in (("n_train", 1), ("n_val", 0), ("n_test", 1)):
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"overrides: {key}={value!r}, expected an integer >= {low}")
+    crop, size = settings.get("crop"), settings["image_size"]
+    if crop is not None:
+        largest = min(size) if not np.isscalar(size) else size
+        if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or not 8 <= crop <= largest:
+            raise ValueError(f"overrides: crop={crop!r}, expected None or an integer from 8 to the image size "
+                             f"({largest})")
     return settings
+
+
+def _crop_note(settings: Mapping[str, Any], dims: int) -> str:
+    crop = settings.get("crop")
+    return "" if dims != 2 or crop is None else f" (trained on their central {crop} x {crop})"
 
 
 def _shapes(settings: Mapping[str, Any], dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -303,7 +328,8 @@ def _shapes(settings: Mapping[str, Any], dims: int) -> tuple[tuple[int, ...], tu
     if dims == 2:
         size = settings["image_size"]
         size = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
-        return size, size
+        crop = settings.get("crop")
+        return size, size if crop is None else (int(crop), int(crop))
     return tuple(int(s) for s in settings["volume_shape"]), tuple(int(s) for s in settings["patch_size"])
 
 
@@ -347,7 +373,7 @@ def variant_config(
     _check_task(task)
     _check_dims(dims)
     _check_seed(seed)
-    settings = profile_settings(profile, overrides=overrides)
+    settings = profile_settings(profile, overrides=overrides, task=task)
     _, size = _shapes(settings, dims)
     train_fields = {k: v for k, v in settings.items() if k not in DATA_KEYS}
     return TrainConfig(
@@ -644,7 +670,8 @@ def _markdown(
         f"# Ablation: {task}, {MODALITY_TITLES[source]} → {MODALITY_TITLES[target]}",
         "",
         (
-            f"{dims}D, profile `{profile}`, seed {seed}, phantoms of {' x '.join(map(str, shape))} voxels: "
+            f"{dims}D, profile `{profile}`, seed {seed}, phantoms of {' x '.join(map(str, shape))} voxels"
+            f"{_crop_note(settings, dims)}: "
             f"{settings['n_train']} labelled {MODALITY_TITLES[source]} and {settings['n_train']} unlabelled "
             f"{MODALITY_TITLES[target]} training cases, {settings['n_val']} {MODALITY_TITLES[source]} "
             f"validation cases (checkpoint selection), {settings['steps']} steps per variant. Dice in %, "
@@ -857,7 +884,7 @@ def run_ablation(
     if out_dir is None or (isinstance(out_dir, str) and not out_dir.strip()):
         raise ValueError(f"out_dir={out_dir!r}: expected a folder for the results and checkpoints")
     chosen = _check_variants(variants)
-    settings = profile_settings(profile, overrides=overrides)
+    settings = profile_settings(profile, overrides=overrides, task=task)
     shape, _ = _shapes(settings, dims)
     unseen_modality = UNSEEN_MODALITY[task, f"{source}2{target}"] if unseen else None
     out = Path(out_dir)

@@ -103,6 +103,21 @@ def test_variant_configs_carry_the_variant_flags(variant):
     assert config.image_size == (48, 48) and config.seed == 3 and config.task == "kidney"
 
 
+def test_crop_sets_the_training_size_and_is_checked():
+    assert variant_config("lmisa", "kidney", profile="quick", overrides={"crop": 48}).image_size == (48, 48)
+    assert variant_config("lmisa", "kidney", profile="quick").image_size == (64, 64)
+    heart = profile_settings("standard", task="heart")
+    assert heart["crop"] is not None and heart["steps"] > profile_settings("standard")["steps"]
+    assert variant_config("lmisa", "heart").image_size == (heart["crop"],) * 2
+    assert variant_config("lmisa", "kidney").image_size == (128, 128)
+    assert "tasks" not in heart
+    with pytest.raises(ValueError, match="task"):
+        profile_settings("standard", task="liver")
+    for bad in (4, 65, 32.0, True):
+        with pytest.raises(ValueError, match="crop"):
+            profile_settings("quick", overrides={"crop": bad})
+
+
 def test_variant_flags_follow_the_ablation_design():
     assert VARIANTS["source_only_raw"] == {
         "use_mlngm": False,
