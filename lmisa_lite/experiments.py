@@ -115,7 +115,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # as 200 steps of batch 2 and score about the same. The variants differ in cost per step (about
     # 1 : 1 : 2.6 : 3.3 : 1.8 in the order of VARIANTS); with 200 steps the five kidney models took 236 s
     # together on an otherwise idle 2-core machine. The heart's four small structures learn more slowly: it gets
-    # 350 steps on the central 96 x 96 of each image (which holds every heart of the phantoms), about 300 s.
+    # 300 steps on the central 96 x 96 of each image (which holds every heart of the phantoms), about 260 s.
     # Training the kidney on crops was worse (false positives in the margins it never saw). Such short runs
     # rank the variants noisily; `paper` trains longer.
     "standard": {
@@ -132,7 +132,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "val_every": 50,
         "lr_decay_every": 100,
         "checkpoint_every": 100,
-        "tasks": {"heart": {"crop": 96, "steps": 350}},
+        "tasks": {"heart": {"crop": 96, "steps": 300}},
     },
     "paper": {
         "n_train": 100,
