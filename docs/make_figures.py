@@ -1,10 +1,11 @@
 """Make the figures shown in README.md.
 
-    python docs/make_figures.py                 # docs/phantoms.png
-    python docs/make_figures.py --results runs/standard   # also docs/results.png from a tutorial run
+    python docs/make_figures.py                           # docs/phantoms.png
+    python docs/make_figures.py --results runs/standard   # docs/results.png from a tutorial run
 
-``phantoms.png``: for each task, the CT and MRI phantom of one subject (mid slice, label outlines) and their MLNGM
-maps. ``results.png``: the ablation bar charts that a tutorial run wrote.
+``phantoms.png``: for each task, the CT and MRI phantom of one subject (mid slice, label outlines) and their
+MLNGM maps. ``results.png``: mean Dice per ablation variant, target and unseen contrast, one panel per
+experiment, drawn from the ``results.csv`` files of a tutorial run.
 """
 from __future__ import annotations
 
@@ -48,29 +49,40 @@ def phantom_figure(path: Path, *, seed: int = 3) -> None:
             ax.set_title(f"{task}: MLNGM of {name}")
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.suptitle("Synthetic phantoms of one subject per task (mid-slices, label outlines) and their MLNGM maps")
+    fig.suptitle("Synthetic phantoms of one subject per task (mid-slices, label outlines) and their MLNGM "
+                 "maps")
+    _save(fig, path)
+
+
+def results_figure(run: Path, path: Path) -> None:
+    import pandas as pd
+
+    from lmisa_lite.experiments import plot_ablation, summarize_ablation
+
+    tables = sorted(run.glob("artifacts/ablation/*/results.csv"), key=lambda t: (t.parent.name[0] != "k", t))
+    if not tables:
+        raise SystemExit(f"--results {run}: no artifacts/ablation/*/results.csv (run the tutorial first)")
+    fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 4), squeeze=False,
+                             layout="constrained")
+    for ax, table in zip(axes[0], tables):
+        task, direction, dims = table.parent.name.split("_")
+        source, target = direction.split("2")
+        plot_ablation(summarize_ablation(pd.read_csv(table)), ax=ax,
+                      title=f"{task}, {source.upper()} -> {target.upper()} ({dims.upper()})")
     _save(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default=None, help="a tutorial run folder holding artifacts/*/dice_by_variant.png")
+    parser.add_argument("--results", default=None, help="a tutorial run folder (e.g. runs/standard): make "
+                        "docs/results.png from its ablation results instead of docs/phantoms.png")
     args = parser.parse_args()
-    phantom_figure(HERE / "phantoms.png")
-    print(f"wrote {HERE / 'phantoms.png'}")
     if args.results:
-        charts = sorted(Path(args.results).glob("artifacts/**/dice_by_variant.png"))
-        if not charts:
-            raise SystemExit(f"--results {args.results}: no artifacts/**/dice_by_variant.png found")
-        images = [plt.imread(p) for p in charts]
-        fig, axes = plt.subplots(1, len(images), figsize=(6 * len(images), 4))
-        for ax, img, p in zip(np.atleast_1d(axes), images, charts):
-            ax.imshow(img)
-            ax.set_axis_off()
-            ax.set_title(p.parent.name, fontsize=9)
-        fig.tight_layout()
-        _save(fig, HERE / "results.png")
+        results_figure(Path(args.results), HERE / "results.png")
         print(f"wrote {HERE / 'results.png'}")
+    else:
+        phantom_figure(HERE / "phantoms.png")
+        print(f"wrote {HERE / 'phantoms.png'}")
 
 
 if __name__ == "__main__":
