@@ -247,8 +247,10 @@ def _check_nifti_path(path: str | os.PathLike, role: str) -> Path:
     return path
 
 
-def _save_atomic(img: nib.Nifti1Image, path: Path) -> None:
-    """Write ``img`` to a temporary file next to ``path``, then rename it into place."""
+def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
+    """Write a nibabel image to ``path`` (``.nii`` or ``.nii.gz``) through a temporary file in the same folder,
+    so that an interrupted write leaves no partial file."""
+    path = Path(path)
     with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".nii.gz") else ".nii") as tmp:
         nib.save(img, tmp)
 
@@ -298,6 +300,6 @@ def save_case(
         if case.label is None:
             raise ValueError(f"case {case.case_id!r} has no label to write to {label_path}")
     affine = _affine_for(case)
-    _save_atomic(_nifti_image(case.image, affine, np.float32), image_path)
+    save_nifti(_nifti_image(case.image, affine, np.float32), image_path)
     if label_path is not None:
-        _save_atomic(_nifti_image(case.label, affine, np.uint8), label_path)
+        save_nifti(_nifti_image(case.label, affine, np.uint8), label_path)

@@ -12,15 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lmisa_lite import __version__
-from lmisa_lite._atomic import atomic_path
-
-
-def _atomic_nifti_save(img, path: Path) -> None:
-    """Write a nibabel image to ``path`` through a temporary file in the same folder."""
-    import nibabel as nib
-
-    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".nii.gz") else path.suffix) as tmp:
-        nib.save(img, tmp)
 
 
 def _check_nifti_name(path: Path, what: str) -> None:
@@ -32,6 +23,7 @@ def cmd_mlngm(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
+    from data_utils.nifti import save_nifti
     from lmisa_lite.mlngm import mlngm
 
     src, dst = Path(args.input), Path(args.output)
@@ -56,7 +48,7 @@ def cmd_mlngm(args: argparse.Namespace) -> int:
     header.set_data_dtype(np.float32)
     header.set_slope_inter(1.0, 0.0)
     result = nib.Nifti1Image(out.reshape(shape).astype(np.float32), img.affine, header)
-    _atomic_nifti_save(result, dst)
+    save_nifti(result, dst)
     print(f"wrote {dst} ({'x'.join(map(str, shape))}, MLNGM levels={args.levels} window={args.window})")
     return 0
 
@@ -119,6 +111,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
+    from data_utils.nifti import save_nifti
     from data_utils.prepare import network_input
     from lmisa_lite.inference import predict_volume
     from lmisa_lite.training import load_checkpoint
@@ -140,7 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     header = img.header.copy()
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
-    _atomic_nifti_save(nib.Nifti1Image(seg.reshape(shape).astype(np.uint8), img.affine, header), dst)
+    save_nifti(nib.Nifti1Image(seg.reshape(shape).astype(np.uint8), img.affine, header), dst)
     print(f"wrote {dst}")
     return 0
 

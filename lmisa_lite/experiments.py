@@ -93,7 +93,8 @@ MODALITY_TITLES = {"ct": "CT", "mri": "MRI", "mri_t2": "T2-weighted MRI", "ct_no
 #: field of view is fixed) and ``crop`` (2D training sees the central ``crop`` x ``crop`` of each image, or the
 #: whole image when None; evaluation always segments whole images), the 3D ``volume_shape`` and ``patch_size``,
 #: and :class:`TrainConfig` fields shared by every variant. ``tasks`` (optional) maps a task to settings that
-#: replace the profile's for that task only. ``standard`` is what ``make tutorial`` runs; ``quick`` is for tests; ``paper`` is long.
+#: replace the profile's for that task only. ``standard`` is what ``make tutorial`` runs; ``quick`` is for
+#: tests; ``paper`` is long.
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "n_train": 4,
