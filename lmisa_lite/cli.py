@@ -229,7 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as error:  # bad settings or data found by the library: one line, no traceback
+        raise SystemExit(f"lmisa-lite {args.command}: {error}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,3 +66,29 @@ def test_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     for cmd in ("mlngm", "phantoms", "train", "predict", "tutorial", "sweep"):
         assert cmd in out
+
+
+def test_train_then_predict_writes_a_label_map_with_the_input_affine(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--task", "kidney", "--dims", "2", "--steps", "2", "--n-train", "2", "--n-val", "1",
+                 "--out", str(run), "--set", "base_filters=4", "--set", "image_size=64,64",
+                 "--set", "progress=false"]) == 0
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    phantoms = tmp_path / "phantoms"
+    assert main(["phantoms", "--task", "kidney", "--modality", "mri", "--n", "1", "--dims", "3",
+                 "--shape", "48x48x16", "--out", str(phantoms)]) == 0
+    image = next(phantoms.glob("*_image.nii.gz"))
+    out = tmp_path / "seg" / "prediction.nii.gz"
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), "--device", "cpu", str(image), str(out)]) == 0
+    seg, src = nib.load(out), nib.load(image)
+    assert seg.shape == src.shape and seg.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(seg.affine, src.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+    assert not list(out.parent.glob(".*")), "no temporary files left behind"
+
+
+def test_bad_settings_end_with_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"lmisa-lite phantoms: shape must be 3 integers >= 16"):
+        main(["phantoms", "--dims", "3", "--shape", "48x48x8", "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit, match=r"lmisa-lite train: .*image_size"):
+        main(["train", "--steps", "1", "--out", str(tmp_path / "r"), "--set", "image_size=60,60"])
