@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
     p.add_argument("--data", choices=["phantoms", "mmwhs", "kits19", "chaos"], default="phantoms")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--n-train", type=int, default=40)
+    p.add_argument("--n-train", type=int, default=100, help="training cases per domain (phantoms)")
     p.add_argument("--n-val", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
