@@ -248,8 +248,11 @@ def _check_nifti_path(path: str | os.PathLike, role: str) -> Path:
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike) -> None:
-    """Write a nibabel image to ``path`` (``.nii`` or ``.nii.gz``) through a temporary file in the same folder,
-    so that an interrupted write leaves no partial file."""
+    """Write a nibabel image to ``path`` (``.nii`` or ``.nii.gz``) atomically.
+
+    The image goes to a temporary file in the same folder, then is renamed onto ``path``: an interrupted write
+    leaves no partial file and keeps any earlier one.
+    """
     path = Path(path)
     with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".nii.gz") else ".nii") as tmp:
         nib.save(img, tmp)
