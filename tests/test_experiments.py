@@ -41,13 +41,7 @@ TINY = {
 FLAGS = ("use_mlngm", "use_reconstruction", "use_shape_constraint", "supervise_target")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy CPU their synchronisation costs a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ---- arguments and profiles --------------------------------------------------------------------------------

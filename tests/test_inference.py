@@ -9,12 +9,7 @@ from lmisa_lite.inference import predict_volume
 from lmisa_lite.networks import LMISANet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def net(dims: int, num_classes: int = 3) -> LMISANet:

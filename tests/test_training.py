@@ -16,13 +16,7 @@ from lmisa_lite.training import HISTORY_KEYS, TrainConfig, load_checkpoint, reso
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small, shared CPU, extra threads only wait on each other for tiny tensors."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def disc_case(seed: int, *, invert: bool = False, size: int = SIZE, depth: int | None = None) -> Case:
