@@ -1,8 +1,9 @@
 """Segment a prepared image or volume with a trained network: whole, slice by slice or by sliding windows."""
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +50,25 @@ def _starts(size: int, patch: int, overlap: float) -> list[int]:
     if starts[-1] != size - patch:
         starts.append(size - patch)  # the last window ends at the border
     return starts
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module, device: str | torch.device = "auto") -> Iterator[torch.device]:
+    """Run ``model`` in eval mode without gradients on ``device`` (as :func:`resolve_device` reads it).
+
+    Yields the device. Afterwards, also after an error, the model goes back to the device its parameters were
+    on and to the train/eval mode it was in.
+    """
+    target = resolve_device(device)
+    param = next(model.parameters(), None)
+    home = param.device if param is not None else target
+    was_training = model.training
+    model.to(target).eval()
+    try:
+        with torch.no_grad():
+            yield target
+    finally:
+        model.to(home).train(was_training)
 
 
 def predict_volume(
@@ -117,20 +137,11 @@ def predict_volume(
         raise ValueError(f"blend={blend!r}: expected 'gaussian' or 'uniform'")
     divisor = 2 ** (depth - 1)
 
-    target = resolve_device(device)
-    param = next(model.parameters(), None)
-    home = param.device if param is not None else target
-    was_training = model.training
-    model.to(target).eval()
-    try:
-        with torch.no_grad():
-            if dims == 2:
-                probs = _predict_slices(model, image, divisor, batch_size, target)
-            else:
-                probs = _predict_windows(model, image, patch_size, divisor, overlap, batch_size, blend,
-                                         target)
-    finally:
-        model.to(home).train(was_training)
+    with evaluation_mode(model, device) as target:
+        if dims == 2:
+            probs = _predict_slices(model, image, divisor, batch_size, target)
+        else:
+            probs = _predict_windows(model, image, patch_size, divisor, overlap, batch_size, blend, target)
     if return_probs:
         return probs
     return probs.argmax(0).astype(np.uint8)

@@ -44,7 +44,6 @@ def _as_stack(images: Any) -> np.ndarray:
     return stack
 
 
-@torch.no_grad()
 def bottleneck_features(
     model: torch.nn.Module,
     images: Any,
@@ -79,7 +78,7 @@ def bottleneck_features(
         >>> bottleneck_features(net, np.zeros((3, 30, 30), np.float32), device="cpu").shape
         (3, 64)
     """
-    from lmisa_lite.training import resolve_device
+    from lmisa_lite.inference import evaluation_mode
 
     if pool not in ("mean", "max"):
         raise ValueError(f"pool={pool!r}: expected 'mean' or 'max'")
@@ -94,13 +93,8 @@ def bottleneck_features(
         pad = [((s - n) // 2, s - n - (s - n) // 2) for n, s in zip(stack.shape[1:], size)]
         stack = np.stack([np.pad(im, pad, constant_values=im.min()) for im in stack])
 
-    target = resolve_device(device)
-    param = next(model.parameters(), None)
-    home = param.device if param is not None else target
-    was_training = model.training
-    model.to(target).eval()
-    try:
-        out = []
+    out = []
+    with evaluation_mode(model, device) as target:
         for start in range(0, len(stack), batch_size):
             x = (
                 torch.from_numpy(np.ascontiguousarray(stack[start : start + batch_size]))
@@ -109,8 +103,6 @@ def bottleneck_features(
             )
             h = model.encode(x).float().flatten(2)  # (B, F, X' * Y')
             out.append((h.mean(2) if pool == "mean" else h.amax(2)).cpu().numpy())
-    finally:
-        model.to(home).train(was_training)
     return np.concatenate(out).astype(np.float32)
 
 
