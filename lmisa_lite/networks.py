@@ -21,6 +21,8 @@ Generator, for ``base_filters=16, depth=4`` (channels @ resolution, S the input 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -29,7 +31,11 @@ SLOPE = 0.2  # LeakyReLU negative slope of the published networks
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_NORMS = {
+    "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
+    # affine, no running statistics: the same learnable scale and shift per channel as batch norm
+    "instance": {2: partial(nn.InstanceNorm2d, affine=True), 3: partial(nn.InstanceNorm3d, affine=True)},
+}
 _POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
@@ -82,9 +88,9 @@ class _EncoderBlock(nn.Module):
 class _DecoderBlock(nn.Module):
     """2x transposed-conv upsampling, concatenation with the skip, two 3x3 convs and a 1x1 shortcut."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, channels: int) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, channels: int, norm: str) -> None:
         super().__init__()
-        conv, norm = _CONV[spatial_dims], _NORM[spatial_dims]
+        conv, norm = _CONV[spatial_dims], _NORMS[norm][spatial_dims]
         joined = channels + skip_channels
         # kernel 3, stride 2, padding 1, output_padding 1 doubles every spatial size exactly
         self.up = _CONV_T[spatial_dims](in_channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False)
@@ -112,6 +118,11 @@ class LMISANet(nn.Module):
         base_filters: Width of the stem and first encoder block; doubles at each level.
         depth: Encoder blocks; the input is pooled ``depth - 1`` times, so every spatial size must be divisible
             by ``2**(depth-1)``.
+        norm: Normalisation in the decoder. ``"batch"`` (published) normalises with the statistics of the
+            batch in training and with running averages at inference. ``"instance"`` normalises every image
+            by its own statistics, in training and at inference alike; with one image per batch it trains
+            exactly as batch norm does, but it has no running averages for inference to drift from (see
+            :class:`lmisa_lite.training.TrainConfig`). Both have the same trainable parameters.
 
     Raises:
         ValueError: If an option is out of range.
@@ -127,14 +138,16 @@ class LMISANet(nn.Module):
 
     def __init__(
         self, *, spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16,
-        depth: int = 4,
+        depth: int = 4, norm: str = "batch",
     ) -> None:
         super().__init__()
         _check_options(spatial_dims, depth, 2, in_channels=in_channels, base_filters=base_filters)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {norm!r}")
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
-        self.base_filters, self.depth = base_filters, depth
+        self.base_filters, self.depth, self.norm = base_filters, depth, norm
         conv = _CONV[spatial_dims]
         widths = [base_filters * 2**level for level in range(depth)]
         self.stem = conv(in_channels, base_filters, 7, padding=3)
@@ -143,7 +156,7 @@ class LMISANet(nn.Module):
         self.pools = nn.ModuleList(_POOL[spatial_dims](2) for _ in range(depth - 1))
         self.decoder = nn.ModuleList(
             _DecoderBlock(spatial_dims, 2 * widths[level + 1] if level == depth - 2 else widths[level + 1],
-                          2 * widths[level], widths[level])
+                          2 * widths[level], widths[level], norm)
             for level in reversed(range(depth - 1))
         )
         self.reconstruction_head = conv(base_filters, 1, 1, bias=False)

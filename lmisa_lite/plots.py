@@ -172,7 +172,7 @@ def network_diagram() -> Figure:
 
     box(0.1, 1.7, 1.3, 0.8, "MLNGM map\n(source or\ntarget)", "#e8e8e8")
     box(1.8, 1.5, 1.6, 1.2, "encoder\n7x7 stem,\n4 residual blocks\n16-32-64-128", "#cfe2f3")
-    box(3.8, 1.5, 1.6, 1.2, "decoder\n3 up-blocks\nwith skips,\nbatch norm", "#cfe2f3")
+    box(3.8, 1.5, 1.6, 1.2, "decoder\n3 up-blocks\nwith skips,\nnormalised", "#cfe2f3")
     box(5.9, 2.7, 1.5, 0.7, "1x1 head:\nreconstruction", "#d9ead3")
     box(5.9, 0.8, 1.5, 0.7, "1x1 head:\nsegmentation", "#fce5cd")
     box(8.0, 2.7, 2.8, 0.7, "alpha x weighted MSE\nvs the input (both domains)", "#ffffff")

@@ -1,4 +1,4 @@
-"""LMISANet and ShapeCritic: shapes, published sizes, input checks, batch norm with batch 1, gradients."""
+"""LMISANet and ShapeCritic: shapes, published sizes, input checks, batch and instance norm, gradients."""
 from __future__ import annotations
 
 import pytest
@@ -87,6 +87,38 @@ def test_bad_input_rank_and_channels():
 def test_bad_options(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         LMISANet(**options)
+
+
+def test_bad_norm_names_the_choices():
+    with pytest.raises(ValueError, match="norm must be one of.*'group'"):
+        LMISANet(norm="group")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_instance_norm_keeps_the_published_parameter_count(dims):
+    net = LMISANet(spatial_dims=dims, num_classes=5, norm="instance")
+    assert net.norm == "instance"
+    assert count_parameters(net) == PUBLISHED["generator", dims]
+    assert not list(net.buffers()), "instance norm keeps no running statistics"
+
+
+def test_instance_norm_trains_like_batch_norm_with_one_image_and_infers_the_same_way():
+    torch.manual_seed(0)
+    batch = LMISANet(base_filters=4, norm="batch")
+    instance = LMISANet(base_filters=4, norm="instance")
+    missing, unexpected = instance.load_state_dict(batch.state_dict(), strict=False)
+    assert not missing and all("running" in k or "num_batches" in k for k in unexpected)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        batch.train(), instance.train()
+        torch.testing.assert_close(batch(x)[1], instance(x)[1])
+        train_out = instance(x)[1]
+        instance.eval(), batch.eval()
+        torch.testing.assert_close(instance(x)[1], train_out)
+        assert not torch.allclose(batch(x)[1], train_out), "batch norm infers with running averages"
+        # each image of a batch is normalised on its own
+        pair = torch.cat([x, torch.randn(1, 1, 32, 32)])
+        torch.testing.assert_close(instance(pair)[1][:1], train_out)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (8, 8)])

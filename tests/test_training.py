@@ -11,7 +11,14 @@ import torch
 
 from data_utils.case import Case
 from lmisa_lite import checkpoint as checkpoint_module
-from lmisa_lite.training import HISTORY_KEYS, TrainConfig, load_checkpoint, resolve_device, train
+from lmisa_lite.training import (
+    HISTORY_KEYS,
+    TrainConfig,
+    _update_average,
+    load_checkpoint,
+    resolve_device,
+    train,
+)
 
 SIZE = 32
 
@@ -94,6 +101,10 @@ def test_config_checks_fields():
         TrainConfig(resume=True)
     with pytest.raises(ValueError, match="spatial_dims"):
         TrainConfig(spatial_dims=4)
+    with pytest.raises(ValueError, match="norm='layer'"):
+        TrainConfig(norm="layer")
+    with pytest.raises(ValueError, match="ema_decay=1"):
+        TrainConfig(ema_decay=1)
 
 
 def test_config_dict_round_trip_is_json():
@@ -102,6 +113,47 @@ def test_config_dict_round_trip_is_json():
     assert TrainConfig.from_dict(data) == config
     with pytest.raises(ValueError, match="bogus"):
         TrainConfig.from_dict({**data, "bogus": 1})
+
+
+def test_checkpoint_from_before_norm_and_ema_loads_as_batch_norm_without_average(domains, tmp_path):
+    source, target, val = domains
+    result = train(tiny(norm="batch", ema_decay=0, out_dir=tmp_path), source, target, val=val)
+    raw = torch.load(tmp_path / "last.pt", weights_only=True)
+    del raw["config"]["norm"], raw["config"]["ema_decay"], raw["ema"]
+    torch.save(raw, tmp_path / "old.pt")
+    model, config = load_checkpoint(tmp_path / "old.pt")
+    assert config.norm == "batch" and model.norm == "batch" and config.ema_decay == 0
+    assert_same_weights(model, result.model)
+    assert TrainConfig().norm == "instance"
+
+
+def test_update_average_moves_weights_and_copies_buffers():
+    average, current = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        average.weight.fill_(1.0)
+        current.weight.fill_(3.0)
+        current.running_mean.fill_(7.0)
+    _update_average(average, current, 0.75)
+    assert torch.allclose(average.weight, torch.full((3,), 1.5))
+    assert torch.equal(average.running_mean, current.running_mean)
+
+
+def test_weight_average_is_what_is_returned_and_saved_and_does_not_change_training(domains, tmp_path):
+    source, target, val = domains
+    runs = {}
+    for decay in (0.0, 0.9):
+        out = tmp_path / str(decay)
+        result = train(tiny(steps=4, ema_decay=decay, out_dir=out), source, target, val=val)
+        runs[decay] = result, torch.load(out / "last.pt", weights_only=True)
+    (plain, plain_state), (averaged, averaged_state) = runs[0.0], runs[0.9]
+    assert plain_state["ema"] is None
+    assert plain_state["model"].keys() == averaged_state["model"].keys()
+    for key, value in plain_state["model"].items():  # the average only watches the training
+        assert torch.equal(value, averaged_state["model"][key]), key
+    assert all(torch.equal(v, plain_state["model"][k]) for k, v in plain.model.state_dict().items())
+    assert all(torch.equal(v, averaged_state["ema"][k]) for k, v in averaged.model.state_dict().items())
+    assert not all(torch.equal(v, averaged_state["model"][k]) for k, v in averaged.model.state_dict().items())
+    assert not torch.equal(torch.tensor(plain.history["val_loss"]), torch.tensor(averaged.history["val_loss"]))
 
 
 def test_resolve_device():
