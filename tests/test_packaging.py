@@ -72,3 +72,19 @@ def test_notebooks_committed_without_outputs_and_with_one_parameters_cell():
         tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{nb_path.name}: exactly one cell tagged 'parameters'"
         assert "out_dir" in "".join(tagged[0]["source"]), f"{nb_path.name}: parameters define out_dir"
+
+
+def test_papermill_reads_every_parameter():
+    """``papermill --help-notebook`` lists each parameter; a line it cannot parse (two ``=``) is left out."""
+    import ast
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    for nb_path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)]
+        found = PythonTranslator.inspect(cell)
+        assert [p.name for p in found] == assigned, nb_path.name
