@@ -629,7 +629,7 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
         sched_c = torch.optim.lr_scheduler.StepLR(opt_c, config.lr_decay_every, gamma=config.lr_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     # the moving average of the weights: what validation, checkpoints and the result use
-    ema = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
+    ema = copy.deepcopy(model) if config.ema_decay > 0 else None  # never optimised; updated under no_grad
 
     # Everything with a state_dict that a resumed run needs back.
     stateful = dict(model=model, critic=critic, opt_g=opt_g, opt_c=opt_c, sched_g=sched_g, sched_c=sched_c,

@@ -11,6 +11,7 @@ import torch
 
 from data_utils.case import Case
 from lmisa_lite import checkpoint as checkpoint_module
+from lmisa_lite.networks import count_parameters
 from lmisa_lite.training import (
     HISTORY_KEYS,
     TrainConfig,
@@ -154,6 +155,8 @@ def test_weight_average_is_what_is_returned_and_saved_and_does_not_change_traini
     assert all(torch.equal(v, averaged_state["ema"][k]) for k, v in averaged.model.state_dict().items())
     assert not all(torch.equal(v, averaged_state["model"][k]) for k, v in averaged.model.state_dict().items())
     assert not torch.equal(torch.tensor(plain.history["val_loss"]), torch.tensor(averaged.history["val_loss"]))
+    assert count_parameters(averaged.model) == count_parameters(plain.model) > 0
+    assert count_parameters(averaged.best_model) == count_parameters(plain.model)
 
 
 def test_resolve_device():
