@@ -72,7 +72,8 @@ def worker(name: str, threads: int | None) -> dict:
 
         dims = cfg["spatial_dims"]
         # instance norm, as TrainConfig builds it by default
-        model = LMISANet(spatial_dims=dims, num_classes=2, base_filters=cfg["base_filters"], norm="instance").eval()
+        model = LMISANet(spatial_dims=dims, num_classes=2, base_filters=cfg["base_filters"], norm="instance")
+        model.eval()
         volume = np.random.default_rng(0).normal(size=cfg["volume"]).astype(np.float32)
         options = dict(batch_size=cfg["batch_size"], device="cpu")
         if dims == 3:

@@ -88,7 +88,8 @@ class _EncoderBlock(nn.Module):
 class _DecoderBlock(nn.Module):
     """2x transposed-conv upsampling, concatenation with the skip, two 3x3 convs and a 1x1 shortcut."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, channels: int, norm: str) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, channels: int,
+                 norm: str) -> None:
         super().__init__()
         conv, norm = _CONV[spatial_dims], _NORMS[norm][spatial_dims]
         joined = channels + skip_channels

@@ -59,7 +59,8 @@ HISTORY_KEYS = ("step", "lr", "loss_g", "loss_seg", "loss_rec", "loss_adv", "los
 GRADIENT_PENALTY = 3  # random stream of the gradient-penalty interpolation weights
 # Fields that shape the networks or the data they see: a resumed run must not change them.
 _ARCHITECTURE = ("task", "spatial_dims", "num_classes", "image_size", "base_filters", "critic_filters",
-                 "depth", "norm", "ema_decay", "use_mlngm", "use_reconstruction", "use_shape_constraint", "supervise_target")
+                 "depth", "norm", "ema_decay", "use_mlngm", "use_reconstruction", "use_shape_constraint",
+                 "supervise_target")
 
 Callback = Callable[[int, dict, nn.Module], Any]
 
@@ -503,7 +504,8 @@ def _deterministic(enabled: bool) -> Iterator[None]:
 
 @torch.no_grad()
 def _update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
-    """Move ``average``'s weights towards ``model``'s by ``1 - decay``; copy its buffers (batch-norm statistics)."""
+    """Move ``average``'s weights towards ``model``'s by ``1 - decay``; copy the buffers (batch-norm
+    statistics) as they are."""
     for kept, current in zip(average.parameters(), model.parameters()):
         kept.lerp_(current, 1 - decay)
     for kept, current in zip(average.buffers(), model.buffers()):
@@ -768,8 +770,9 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
                 bar.set_postfix(_row_to_postfix(row), refresh=False)
         if ddp.enabled:
             # Each process updated its own batch-norm running statistics; keep rank 0's everywhere.
-            for buffer in evaluated.buffers() if ema is None else [*net.buffers(), *ema.buffers()]:
-                dist.broadcast(buffer, 0)
+            for module in [m for m in (net, ema) if m is not None]:
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, 0)
 
     best_model = None
     if best_state is not None:
