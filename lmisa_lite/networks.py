@@ -31,7 +31,8 @@ SLOPE = 0.2  # LeakyReLU negative slope of the published networks
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_NORMS = {
+# decoder normalisations by name (LMISANet(norm=...)), one class per spatial dimensionality
+NORMS = {
     "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
     # affine, no running statistics: the same learnable scale and shift per channel as batch norm
     "instance": {2: partial(nn.InstanceNorm2d, affine=True), 3: partial(nn.InstanceNorm3d, affine=True)},
@@ -91,7 +92,7 @@ class _DecoderBlock(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, channels: int,
                  norm: str) -> None:
         super().__init__()
-        conv, norm = _CONV[spatial_dims], _NORMS[norm][spatial_dims]
+        conv, norm = _CONV[spatial_dims], NORMS[norm][spatial_dims]
         joined = channels + skip_channels
         # kernel 3, stride 2, padding 1, output_padding 1 doubles every spatial size exactly
         self.up = _CONV_T[spatial_dims](in_channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False)
@@ -145,8 +146,8 @@ class LMISANet(nn.Module):
         _check_options(spatial_dims, depth, 2, in_channels=in_channels, base_filters=base_filters)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {norm!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
         self.base_filters, self.depth, self.norm = base_filters, depth, norm
         conv = _CONV[spatial_dims]

@@ -45,7 +45,7 @@ from data_utils.case import Case
 from lmisa_lite.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lmisa_lite.losses import (critic_wasserstein, foreground_probs, generator_adversarial, gradient_penalty,
                                one_hot_foreground, segmentation_ce, weighted_mse)
-from lmisa_lite.networks import LMISANet, ShapeCritic
+from lmisa_lite.networks import NORMS, LMISANet, ShapeCritic
 from lmisa_lite.sampling import (LABELLED_SOURCE, TARGET, UNLABELLED_SOURCE, Pool, grid_batches, prepare_pool,
                                  sample_batch, step_generator)
 
@@ -196,8 +196,8 @@ class TrainConfig:
             raise ValueError("depth must be >= 2 and base_filters/critic_filters >= 1, got "
                              f"depth={self.depth}, base_filters={self.base_filters}, "
                              f"critic_filters={self.critic_filters}")
-        if self.norm not in ("batch", "instance"):
-            raise ValueError(f"norm={self.norm!r}: expected 'instance' or 'batch'")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r}: expected one of {sorted(NORMS)}")
         divisor = 2 ** (self.depth - 1)
         if len(self.image_size) != self.spatial_dims or any(s < 1 or s % divisor for s in self.image_size):
             example = "(128, 128)" if self.spatial_dims == 2 else "(64, 64, 32)"
@@ -512,32 +512,31 @@ def _update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
         kept.copy_(current)
 
 
-@torch.no_grad()
 def _validate(model: LMISANet, pool: Pool, config: TrainConfig, device: torch.device, n_cases: int
               ) -> tuple[float, float]:
     """Source validation: mean ``CE + alpha * wMSE`` over all images/patches, and the mean foreground Dice of
     the cases (overlap counts summed over each case's slices or patches)."""
-    was_training = model.training
-    model.eval()
+    from lmisa_lite.inference import evaluation_mode  # inference imports this module
+
     num_classes = model.num_classes
     inter = np.zeros((n_cases, num_classes - 1))
     total = np.zeros((n_cases, num_classes - 1))  # |prediction| + |reference|
     loss_sum, count = 0.0, 0
     batches = grid_batches(pool, patch_size=config.image_size, batch_size=config.val_batch_size)
-    for x, y, case_index in batches:
-        x, y = x.to(device), y.to(device)
-        recon, logits = model(x)
-        loss = config.beta * segmentation_ce(logits.float(), y)
-        if config.use_reconstruction:
-            loss = loss + config.alpha * weighted_mse(recon.float(), x)
-        loss_sum += float(loss) * len(x)
-        count += len(x)
-        pred = logits.argmax(1)
-        for k in range(1, num_classes):
-            p, g = (pred == k).flatten(1), (y == k).flatten(1)
-            np.add.at(inter[:, k - 1], case_index, (p & g).sum(1).cpu().numpy())
-            np.add.at(total[:, k - 1], case_index, (p.sum(1) + g.sum(1)).cpu().numpy())
-    model.train(was_training)
+    with evaluation_mode(model, device):
+        for x, y, case_index in batches:
+            x, y = x.to(device), y.to(device)
+            recon, logits = model(x)
+            loss = config.beta * segmentation_ce(logits.float(), y)
+            if config.use_reconstruction:
+                loss = loss + config.alpha * weighted_mse(recon.float(), x)
+            loss_sum += float(loss) * len(x)
+            count += len(x)
+            pred = logits.argmax(1)
+            for k in range(1, num_classes):
+                p, g = (pred == k).flatten(1), (y == k).flatten(1)
+                np.add.at(inter[:, k - 1], case_index, (p & g).sum(1).cpu().numpy())
+                np.add.at(total[:, k - 1], case_index, (p.sum(1) + g.sum(1)).cpu().numpy())
     with np.errstate(invalid="ignore", divide="ignore"):
         dice = np.where(total > 0, 2 * inter / total, np.nan)  # a class absent from both is not scored
     return loss_sum / count, float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
