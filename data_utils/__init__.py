@@ -2,7 +2,7 @@
 
 Everything is importable from the package itself (loaded on first use)::
 
-    from data_utils import make_phantom, make_dataset, load_case, save_case, load_mmwhs, network_input
+    from data_utils import make_phantom, make_dataset, load_case, save_case, load_mmwhs, zscore
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ _EXPORTS = {
     "load_nifti_folder": "data_utils.loaders",
     "load_chaos": "data_utils.loaders",
     "zscore": "data_utils.prepare",
-    "network_input": "data_utils.prepare",
     "crop_or_pad": "data_utils.prepare",
     "resample": "data_utils.prepare",
     "fit_to_shape": "data_utils.prepare",

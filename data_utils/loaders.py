@@ -400,7 +400,7 @@ def load_chaos(root: str | os.PathLike, *, sequence: str = "T1DUAL_in") -> list[
     Examples:
         >>> cases = load_chaos("CHAOS_Train_Sets/Train_Sets", sequence="T2SPIR")  # doctest: +SKIP
     """
-    from lmisa_lite._optional import optional_import
+    from data_utils.optional import optional_import
 
     if sequence not in _CHAOS_SEQUENCES:
         raise ValueError(f"sequence must be one of {sorted(_CHAOS_SEQUENCES)}, got {sequence!r}")

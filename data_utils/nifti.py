@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from data_utils.case import Case
-from lmisa_lite._atomic import atomic_path
+from data_utils.atomic import atomic_path
 
 # Largest difference (mm) tolerated between the image and label affines. Files written by different
 # tools store the same grid with float32 rounding differences of about 1e-5 mm.

@@ -1,4 +1,6 @@
-"""Turn loaded cases into network inputs: normalisation, MLNGM, resampling, cropping and slicing.
+"""Turn loaded cases into arrays a network can take: normalisation, resampling, cropping and slicing.
+
+The MLNGM-based network input itself is :func:`lmisa_lite.preprocessing.network_input`.
 
 Arrays follow the package convention ``(X, Y)`` or ``(X, Y, Z)``, with 2D slices along the last axis.
 """
@@ -41,55 +43,6 @@ def zscore(x: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
     if std < eps:
         return np.zeros(x.shape, dtype=np.float32)
     return ((x - mean) / std).astype(np.float32)
-
-
-def network_input(
-    image: np.ndarray,
-    *,
-    use_mlngm: bool = True,
-    slicewise: bool = False,
-    levels: int = 4,
-    window: int = 3,
-) -> np.ndarray:
-    """Prepare an image for the network: MLNGM edge map, then z-score.
-
-    Args:
-        image: ``(X, Y)`` or ``(X, Y, Z)`` intensities in any unit (HU, MR signal).
-        use_mlngm: Compute the MLNGM map first; ``False`` z-scores the raw intensities (the baseline
-            without the modality-independent input).
-        slicewise: For a volume fed to a 2D model: compute the 2D map and z-score each ``(X, Y)`` slice
-            along the last axis separately, as the 2D model sees them. No effect on a 2D image.
-        levels: MLNGM resolution levels.
-        window: MLNGM local normalisation window (voxels).
-
-    Returns:
-        Float32 array of the same shape as ``image``.
-
-    Raises:
-        ValueError: If ``image`` is not 2D or 3D (or holds NaN/inf).
-
-    Examples:
-        >>> x = network_input(np.random.rand(32, 32, 4), use_mlngm=False, slicewise=True)
-        >>> x.shape, bool(abs(x[..., 0].mean()) < 1e-5)
-        ((32, 32, 4), True)
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"image must be (X, Y) or (X, Y, Z), got shape {image.shape}")
-
-    def prepare(x: np.ndarray) -> np.ndarray:
-        if use_mlngm:
-            from lmisa_lite.mlngm import mlngm
-
-            x = mlngm(x, levels=levels, window=window)
-        return zscore(x)
-
-    if slicewise and image.ndim == 3:
-        out = np.empty(image.shape, dtype=np.float32)
-        for z in range(image.shape[-1]):
-            out[..., z] = prepare(image[..., z])
-        return out
-    return prepare(image)
 
 
 def _target_shape(array_shape: tuple[int, ...], shape: Sequence[int | None]) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_utils.phantoms import make_phantom  # noqa: E402
-from lmisa_lite._atomic import atomic_path  # noqa: E402
+from data_utils.atomic import atomic_path  # noqa: E402
 from lmisa_lite.mlngm import mlngm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -1,22 +1,31 @@
-"""Checkpoint files: atomic writes, plain-data contents and clear errors when a file is not one.
+"""Checkpoint files: atomic writes, plain-data contents, clear errors, loading a network and resuming a run.
 
 A checkpoint is a dict of tensors and plain Python values (no pickled classes), so that it loads with
 ``torch.load(..., weights_only=True)``. The keys written by :func:`lmisa_lite.training.train` are::
 
     format, version, step, config, model, critic, opt_g, opt_c, sched_g, sched_c, scaler,
-    rng, history, best_val_loss, best_step
+    rng, history, best_val_loss, best_step, ema
+
+``model`` holds the trained weights (what a resumed run continues from) and ``ema`` their moving average
+(what :func:`load_checkpoint` and inference use), when the run kept one.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lmisa_lite._atomic import atomic_path
+from data_utils.atomic import atomic_path
+from lmisa_lite.config import ARCHITECTURE_FIELDS, TrainConfig, build_networks
+from lmisa_lite.device import resolve_device
+from lmisa_lite.networks import LMISANet
 
 FORMAT = "lmisa-lite-checkpoint"
 VERSION = 1
@@ -99,3 +108,91 @@ def set_rng_state(state: dict[str, Any]) -> None:
                      py_state["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[LMISANet, TrainConfig]:
+    """Rebuild the trained network of a checkpoint (``last.pt`` or ``best.pt``).
+
+    Args:
+        path: Checkpoint file written by :func:`train`.
+        device: Where to put the network (``"auto"`` allowed).
+
+    Returns:
+        ``(model, config)``: the network in eval mode and the run's :class:`TrainConfig`.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not an lmisa-lite checkpoint.
+
+    Examples:
+        >>> model, config = load_checkpoint("runs/kidney/best.pt")  # doctest: +SKIP
+    """
+    state = read_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+        model, _ = build_networks(config)
+        model.load_state_dict(state.get("ema") or state["model"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path}: does not hold a trained lmisa-lite network ({err})") from err
+    return model.to(resolve_device(device)).eval(), config
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what :func:`resume_training` gives back and every checkpoint records."""
+
+    step: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_val_loss: float = math.inf
+    best_step: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # the weights of best_step (kept on rank 0 only)
+
+
+def resume_training(config: TrainConfig, stateful: dict[str, Any], *, last_path: Path | None,
+                    best_path: Path | None, device: torch.device, history_keys: tuple[str, ...],
+                    is_main: bool = True) -> Progress:
+    """Restore a run from ``last_path`` when ``config.resume`` asks for it; else a fresh :class:`Progress`.
+
+    Args:
+        config: The run's config; its architecture fields must equal those the checkpoint was written with.
+        stateful: ``{key: object with load_state_dict}`` (None entries are skipped), filled in place.
+        last_path: ``last.pt``, or None when the run writes no files.
+        best_path: ``best.pt``, whose weights become :attr:`Progress.best_state` (on the main process).
+        device: Where the tensors go.
+        history_keys: The history's keys, for a fresh run.
+        is_main: Whether this is rank 0 (which alone warns and reads ``best.pt``).
+
+    Returns:
+        The step to start from, the history so far and the best validation so far.
+
+    Raises:
+        ValueError: If the checkpoint's config differs from ``config`` in an architecture field.
+    """
+    fresh = Progress(history={k: [] for k in history_keys})
+    if not config.resume or last_path is None:
+        return fresh
+    if not last_path.is_file():
+        if is_main:
+            warnings.warn(f"resume=True but {last_path} does not exist: starting from step 0", stacklevel=3)
+        return fresh
+    state = read_checkpoint(last_path, map_location=device)
+    saved = TrainConfig.from_dict(state["config"])
+    changed = [k for k in ARCHITECTURE_FIELDS if getattr(saved, k) != getattr(config, k)]
+    if changed:
+        raise ValueError(f"checkpoint {last_path}: cannot resume, config differs in {', '.join(changed)}")
+    for key, obj in stateful.items():
+        if obj is not None:
+            obj.load_state_dict(state[key])
+    set_rng_state(state["rng"])
+    progress = Progress(state["step"], state["history"], state["best_val_loss"], state["best_step"])
+    if is_main and best_path is not None and best_path.is_file():
+        saved_best = read_checkpoint(best_path)
+        progress.best_state = saved_best.get("ema") or saved_best["model"]
+    return progress
+
+
+def checkpoint_state(config: TrainConfig, progress: Progress, stateful: dict[str, Any]) -> dict[str, Any]:
+    """Everything a checkpoint holds: the run's progress, its config, the random states and every state dict."""
+    return dict(step=progress.step, config=config.to_dict(), rng=rng_state(), history=progress.history,
+                best_val_loss=progress.best_val_loss, best_step=progress.best_step,
+                **{key: None if obj is None else obj.state_dict() for key, obj in stateful.items()})

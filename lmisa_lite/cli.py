@@ -112,8 +112,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from data_utils.nifti import save_nifti
-    from data_utils.prepare import network_input
     from lmisa_lite.inference import predict_volume
+    from lmisa_lite.preprocessing import model_input
     from lmisa_lite.training import load_checkpoint
 
     src, dst = Path(args.input), Path(args.output)
@@ -127,8 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     vol = data.reshape(shape[:2]) if data.ndim == 3 and shape[2] == 1 else data
     if not np.isfinite(vol).all():
         raise SystemExit(f"lmisa-lite: IN {src}: image contains NaN or infinite values")
-    slicewise = model.spatial_dims == 2 and vol.ndim == 3
-    x = network_input(vol, use_mlngm=config.use_mlngm, slicewise=slicewise)
+    x = model_input(model, vol)  # prepared as the model was trained (MLNGM or raw intensities)
     seg = predict_volume(model, x, device=args.device)
     header = img.header.copy()
     header.set_data_dtype(np.uint8)

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data_utils.case import Case
-from lmisa_lite._atomic import atomic_write_text
+from data_utils.atomic import atomic_write_text
 from lmisa_lite.metrics import ClassNames, _class_name, evaluate_case
 
 #: Columns of the per-case table returned by :func:`evaluate`, in order.
@@ -32,7 +32,7 @@ _TITLES = {"dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Re
 
 
 def _network_predictor(
-    model: Any, *, dims: int | None, use_mlngm: bool, device: str, patch_size: Sequence[int] | None
+    model: Any, *, dims: int | None, use_mlngm: bool | None, device: str, patch_size: Sequence[int] | None
 ) -> Callable[[Case], np.ndarray]:
     """A function case -> label map that prepares the network input and runs the model on it."""
     model_dims = getattr(model, "spatial_dims", None)
@@ -43,14 +43,20 @@ def _network_predictor(
     if model_dims is not None and model_dims != dims:
         raise ValueError(f"dims={dims} contradicts the model, whose spatial_dims is {model_dims}")
     # Imported here so that scoring precomputed predictions needs neither torch nor the network code.
-    from data_utils.prepare import network_input
     from lmisa_lite.inference import predict_volume
+    from lmisa_lite.preprocessing import input_kind, network_input
+
+    trained_on_mlngm = input_kind(model) == "mlngm"
+    if use_mlngm is not None and bool(use_mlngm) != trained_on_mlngm:
+        raise ValueError(f"use_mlngm={use_mlngm} contradicts the model, which was trained on "
+                         f"{'MLNGM maps' if trained_on_mlngm else 'z-scored intensities'} "
+                         f"(model.input_kind={input_kind(model)!r}); leave use_mlngm out")
 
     def predict(case: Case) -> np.ndarray:
         if dims == 3 and case.ndim == 2:
             raise ValueError(f"case {case.case_id!r} is 2D, but the model is 3D")
         slicewise = dims == 2 and case.ndim == 3
-        x = network_input(case.image, use_mlngm=use_mlngm, slicewise=slicewise)
+        x = network_input(case.image, use_mlngm=trained_on_mlngm, slicewise=slicewise)
         return predict_volume(model, x, patch_size=patch_size, device=device)
 
     return predict
@@ -61,7 +67,7 @@ def evaluate(
     cases: Iterable[Case],
     *,
     dims: int | None = None,
-    use_mlngm: bool = True,
+    use_mlngm: bool | None = None,
     class_names: ClassNames | None = None,
     labels: Iterable[int] | None = None,
     device: str = "auto",
@@ -71,20 +77,22 @@ def evaluate(
 ) -> pd.DataFrame:
     """Segment every case and score every foreground class against its label map.
 
-    Each image goes through ``data_utils.prepare.network_input`` (MLNGM then z-score; slice by slice
-    when a 2D model meets a 3D volume) and ``lmisa_lite.inference.predict_volume``. Volumes are scored
+    Each image is prepared as the model was trained (``model.input_kind``: MLNGM then z-score, or z-score
+    only; slice by slice when a 2D model meets a 3D volume, see :func:`lmisa_lite.preprocessing.model_input`) and ``lmisa_lite.inference.predict_volume``. Volumes are scored
     whole, with distances in mm from ``case.spacing``.
 
     Args:
         model: A trained ``LMISANet``; may be None when ``predict_fn`` is given.
         cases: Labelled cases, ``case.image`` and ``case.label`` of shape ``(X, Y)`` or ``(X, Y, Z)``.
         dims: Spatial dimensions of the model (2 or 3); None reads ``model.spatial_dims``.
-        use_mlngm: Feed the MLNGM map (True, as trained by LMISA) or the z-scored image (False).
+        use_mlngm: None (the default) reads the input from the model (``model.input_kind``); True or False
+            only confirm it, and one that contradicts the model raises ValueError.
         class_names: ``{label: name}`` or a sequence indexed by label (index 0 is background).
         labels: Foreground labels to score; None takes ``range(1, model.num_classes)`` and, without a
             model, every nonzero label found in the prediction or the reference of each case.
         device: Torch device for inference; ``"auto"`` picks CUDA when available.
-        patch_size: Sliding-window patch for 3D models; None lets ``predict_volume`` decide.
+        patch_size: Sliding-window patch for 3D models; None uses the model's training patch
+            (``model.patch_size``, see :func:`lmisa_lite.inference.predict_volume`).
         progress: Show a progress bar over cases.
         predict_fn: Optional replacement for the network: a callable ``case -> label map`` of the shape
             of ``case.label``, for scoring stored predictions or a different model.

@@ -46,7 +46,7 @@ import pandas as pd
 
 from data_utils.case import Case
 from data_utils.phantoms import CLASS_NAMES, MODALITIES, TASKS, make_dataset
-from lmisa_lite._atomic import atomic_path, atomic_write_text
+from data_utils.atomic import atomic_path, atomic_write_text
 from lmisa_lite.evaluation import evaluate, summarize, to_markdown, write_csv
 from lmisa_lite.training import TrainConfig, load_checkpoint, train
 

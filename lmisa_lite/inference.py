@@ -1,15 +1,14 @@
 """Segment a prepared image or volume with a trained network: whole, slice by slice or by sliding windows."""
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmisa_lite.training import resolve_device
+from lmisa_lite.device import evaluation_mode
 
 
 def _padded(shape: Sequence[int], divisor: int) -> tuple[int, ...]:
@@ -50,25 +49,6 @@ def _starts(size: int, patch: int, overlap: float) -> list[int]:
     if starts[-1] != size - patch:
         starts.append(size - patch)  # the last window ends at the border
     return starts
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module, device: str | torch.device = "auto") -> Iterator[torch.device]:
-    """Run ``model`` in eval mode without gradients on ``device`` (as :func:`resolve_device` reads it).
-
-    Yields the device. Afterwards, also after an error, the model goes back to the device its parameters were
-    on and to the train/eval mode it was in.
-    """
-    target = resolve_device(device)
-    param = next(model.parameters(), None)
-    home = param.device if param is not None else target
-    was_training = model.training
-    model.to(target).eval()
-    try:
-        with torch.no_grad():
-            yield target
-    finally:
-        model.to(home).train(was_training)
 
 
 def predict_volume(

@@ -78,7 +78,7 @@ def bottleneck_features(
         >>> bottleneck_features(net, np.zeros((3, 30, 30), np.float32), device="cpu").shape
         (3, 64)
     """
-    from lmisa_lite.inference import evaluation_mode
+    from lmisa_lite.device import evaluation_mode
 
     if pool not in ("mean", "max"):
         raise ValueError(f"pool={pool!r}: expected 'mean' or 'max'")

@@ -8,10 +8,10 @@ image and its label, ``xt`` a target image and ``K`` classes, one training step 
     fake = foreground_probs(logits_t)                            # (B, K-1, *S)
     real = one_hot_foreground(ys, K)                             # (B, K-1, *S)
     critic loss    = critic_wasserstein(D(real), D(fake.detach()))
-                     + GP_WEIGHT * gradient_penalty(D, real, fake)
+                     + gp_weight * gradient_penalty(D, real, fake)
     generator loss = generator_adversarial(D(fake))
-                     + ALPHA * (weighted_mse(recon_s, xs) + weighted_mse(recon_t, xt))
-                     + BETA * segmentation_ce(logits_s, ys)
+                     + alpha * (weighted_mse(recon_s, xs) + weighted_mse(recon_t, xt))
+                     + beta * segmentation_ce(logits_s, ys)
 
 The critic sees foreground channels only: background is one minus their sum, so it adds no shape information,
 and it would otherwise dominate the critic's input.
@@ -24,9 +24,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-ALPHA = 40.0  # weight of the reconstruction loss (source and target)
-BETA = 40.0  # weight of the source segmentation loss
-GP_WEIGHT = 10.0  # weight of the gradient penalty, as in WGAN-GP
+#: The loss terms a training step records, in order: the generator's total and its terms (segmentation and
+#: reconstruction unweighted, adversarial), the critic's total, its gradient penalty and the Wasserstein
+#: estimate mean(D(real)) - mean(D(fake)). The weights (alpha, beta, gp_weight) are TrainConfig fields.
+LOSS_TERMS = ("loss_g", "loss_seg", "loss_rec", "loss_adv", "loss_critic", "gp", "wasserstein")
 
 
 def weighted_mse(recon: Tensor, target: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ Generator, for ``base_filters=16, depth=4`` (channels @ resolution, S the input 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -38,6 +39,9 @@ NORMS = {
     "instance": {2: partial(nn.InstanceNorm2d, affine=True), 3: partial(nn.InstanceNorm3d, affine=True)},
 }
 _POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+#: What a network can be trained on (``LMISANet(input_kind=...)``): the MLNGM map then a z-score, or the
+#: z-scored raw intensities (the baseline without the modality-independent input).
+INPUT_KINDS = ("mlngm", "zscore")
 
 
 def _act(x: Tensor) -> Tensor:
@@ -125,6 +129,11 @@ class LMISANet(nn.Module):
             by its own statistics, in training and at inference alike; with one image per batch it trains
             exactly as batch norm does, but it has no running averages for inference to drift from (see
             :class:`lmisa_lite.training.TrainConfig`). Both have the same trainable parameters.
+        input_kind: What the network was trained on, so that callers prepare its input the same way:
+            ``"mlngm"`` (MLNGM map, then z-score; LMISA) or ``"zscore"`` (z-scored raw intensities). See
+            :func:`lmisa_lite.preprocessing.model_input`.
+        patch_size: The training image ``(X, Y)`` or patch ``(X, Y, Z)``; for 3D models the default sliding
+            window of :func:`lmisa_lite.inference.predict_volume`. None when unknown.
 
     Raises:
         ValueError: If an option is out of range.
@@ -140,7 +149,8 @@ class LMISANet(nn.Module):
 
     def __init__(
         self, *, spatial_dims: int = 2, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16,
-        depth: int = 4, norm: str = "batch",
+        depth: int = 4, norm: str = "batch", input_kind: str = "mlngm",
+        patch_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         _check_options(spatial_dims, depth, 2, in_channels=in_channels, base_filters=base_filters)
@@ -148,6 +158,10 @@ class LMISANet(nn.Module):
             raise ValueError(f"num_classes must be at least 2 (background and one structure), got {num_classes}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {list(INPUT_KINDS)}, got {input_kind!r}")
+        self.input_kind = input_kind
+        self.patch_size = None if patch_size is None else tuple(int(p) for p in patch_size)
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
         self.base_filters, self.depth, self.norm = base_filters, depth, norm
         conv = _CONV[spatial_dims]

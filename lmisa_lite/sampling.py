@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from data_utils.case import Case
-from data_utils.prepare import crop_or_pad, network_input
+from data_utils.prepare import crop_or_pad
+from lmisa_lite.preprocessing import network_input
 
 # Independent random streams within one step.
 LABELLED_SOURCE, UNLABELLED_SOURCE, TARGET = 0, 1, 2

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lmisa_lite._atomic import atomic_write_text
+from data_utils.atomic import atomic_write_text
 
 PROFILES = ("quick", "standard", "paper")
 PROFILE_ENV = "LMISA_PROFILE"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmisa_lite._atomic import atomic_path, atomic_write_text
+from data_utils.atomic import atomic_path, atomic_write_text
 
 
 def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path):

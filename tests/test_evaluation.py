@@ -184,7 +184,7 @@ def test_progress_bar_runs(capsys):
 
 @pytest.fixture
 def fake_pipeline(monkeypatch):
-    """Stand-ins for data_utils.prepare and lmisa_lite.inference that record how they are called."""
+    """Stand-ins for lmisa_lite.preprocessing and lmisa_lite.inference that record how they are called."""
     calls: list[tuple] = []
 
     def network_input(image, *, use_mlngm=True, slicewise=False):
@@ -195,11 +195,12 @@ def fake_pipeline(monkeypatch):
         calls.append(("predict_volume", model, image.shape, patch_size, device))
         return np.rint(image).astype(np.uint8)  # the fake images hold the label values
 
-    prepare = types.ModuleType("data_utils.prepare")
+    prepare = types.ModuleType("lmisa_lite.preprocessing")
     prepare.network_input = network_input
+    prepare.input_kind = lambda model: getattr(model, "input_kind", "mlngm")
     inference = types.ModuleType("lmisa_lite.inference")
     inference.predict_volume = predict_volume
-    monkeypatch.setitem(sys.modules, "data_utils.prepare", prepare)
+    monkeypatch.setitem(sys.modules, "lmisa_lite.preprocessing", prepare)
     monkeypatch.setitem(sys.modules, "lmisa_lite.inference", inference)
     return calls
 
@@ -207,8 +208,8 @@ def fake_pipeline(monkeypatch):
 def test_network_path_prepares_input_and_slices_for_2d_models(fake_pipeline):
     volume = make_case("v", seed=7)
     plane = Case(volume.image[..., 2], volume.label[..., 2], (1.0, 1.0), "p", "ct")
-    model_2d = SimpleNamespace(spatial_dims=2, num_classes=4)
-    df = evaluate(model_2d, [volume, plane], use_mlngm=False, device="cpu", patch_size=(8, 8), progress=False)
+    model_2d = SimpleNamespace(spatial_dims=2, num_classes=4, input_kind="zscore")
+    df = evaluate(model_2d, [volume, plane], device="cpu", patch_size=(8, 8), progress=False)
     assert fake_pipeline == [
         ("network_input", volume.shape, False, True),
         ("predict_volume", model_2d, volume.shape, (8, 8), "cpu"),
@@ -229,11 +230,11 @@ def test_network_path_prepares_input_and_slices_for_2d_models(fake_pipeline):
 
 @pytest.mark.slow
 def test_evaluate_real_network_path():
-    """End to end with the real input preparation and inference (needs prepare.py and inference.py)."""
+    """End to end with the real input preparation and inference (needs preprocessing.py and inference.py)."""
     import torch
 
-    from data_utils.prepare import network_input
     from lmisa_lite.inference import predict_volume
+    from lmisa_lite.preprocessing import network_input
     from lmisa_lite.networks import LMISANet
 
     torch.manual_seed(0)

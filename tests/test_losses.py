@@ -7,9 +7,6 @@ import pytest
 import torch
 
 from lmisa_lite.losses import (
-    ALPHA,
-    BETA,
-    GP_WEIGHT,
     critic_wasserstein,
     foreground_probs,
     generator_adversarial,
@@ -18,10 +15,15 @@ from lmisa_lite.losses import (
     segmentation_ce,
     weighted_mse,
 )
+from lmisa_lite.config import TrainConfig
 from lmisa_lite.networks import ShapeCritic
+
+_DEFAULTS = TrainConfig()
+ALPHA, BETA, GP_WEIGHT = _DEFAULTS.alpha, _DEFAULTS.beta, _DEFAULTS.gp_weight
 
 
 def test_published_weights():
+    """The config's loss weights are the published ones (the loss functions themselves take no weight)."""
     assert (ALPHA, BETA, GP_WEIGHT) == (40.0, 40.0, 10.0)
 
 

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 from _fixtures import world
@@ -13,7 +10,6 @@ from data_utils.prepare import (
     extract_slices,
     fit_to_shape,
     foreground_bbox,
-    network_input,
     resample,
     zscore,
 )
@@ -50,65 +46,6 @@ def test_zscore_constant_is_zero():
 def test_zscore_rejects_non_finite():
     with pytest.raises(ValueError, match="NaN"):
         zscore(np.array([0.0, np.nan, 1.0]))
-
-
-# ------------------------------------------------------------------------------------------ network_input
-
-
-def test_network_input_without_mlngm_zscores_volume_or_slices():
-    image = np.random.default_rng(2).normal(0, 1, SHAPE) * np.arange(1, 7)  # contrast differs per slice
-    np.testing.assert_allclose(network_input(image, use_mlngm=False), zscore(image), atol=1e-6)
-    per_slice = network_input(image, use_mlngm=False, slicewise=True)
-    assert per_slice.dtype == np.float32
-    for z in range(SHAPE[2]):
-        np.testing.assert_allclose(per_slice[..., z], zscore(image[..., z]), atol=1e-6)
-    assert not np.allclose(per_slice, zscore(image), atol=1e-3)
-
-
-@pytest.fixture
-def recorded_mlngm(monkeypatch):
-    """Stand-in MLNGM that records its calls, to check how network_input drives it."""
-    calls = []
-
-    def fake(image, *, levels=4, window=3):
-        calls.append((image.shape, levels, window))
-        return np.abs(image) ** 2
-
-    module = types.ModuleType("lmisa_lite.mlngm")
-    module.mlngm = fake
-    monkeypatch.setitem(sys.modules, "lmisa_lite.mlngm", module)
-    return calls
-
-
-def test_network_input_slicewise_uses_2d_mlngm_per_slice(recorded_mlngm):
-    image = np.random.default_rng(3).normal(0, 1, SHAPE)
-    out = network_input(image, slicewise=True, levels=3, window=5)
-    assert recorded_mlngm == [((16, 12), 3, 5)] * SHAPE[2]
-    for z in range(SHAPE[2]):
-        np.testing.assert_allclose(out[..., z], zscore(image[..., z] ** 2), atol=1e-5)
-
-
-def test_network_input_volume_uses_one_3d_mlngm(recorded_mlngm):
-    image = np.random.default_rng(4).normal(0, 1, SHAPE)
-    out = network_input(image)
-    assert recorded_mlngm == [(SHAPE, 4, 3)]
-    np.testing.assert_allclose(out, zscore(image**2), atol=1e-5)
-
-
-def test_network_input_with_real_mlngm():
-    from lmisa_lite.mlngm import mlngm
-
-    image = np.zeros((32, 32), np.float32)
-    image[8:24, 10:20] = 100.0
-    out = network_input(image)
-    assert out.shape == image.shape and out.dtype == np.float32
-    np.testing.assert_allclose(out, zscore(mlngm(image)), atol=1e-5)
-    assert abs(float(out.mean())) < 1e-4
-
-
-def test_network_input_rejects_other_dims():
-    with pytest.raises(ValueError, match="image"):
-        network_input(np.zeros((2, 3, 4, 5)), use_mlngm=False)
 
 
 # ------------------------------------------------------------------------------------------ crop_or_pad

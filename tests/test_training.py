@@ -15,7 +15,7 @@ from lmisa_lite.networks import count_parameters
 from lmisa_lite.training import (
     HISTORY_KEYS,
     TrainConfig,
-    _update_average,
+    update_average,
     load_checkpoint,
     resolve_device,
     train,
@@ -134,7 +134,7 @@ def test_update_average_moves_weights_and_copies_buffers():
         average.weight.fill_(1.0)
         current.weight.fill_(3.0)
         current.running_mean.fill_(7.0)
-    _update_average(average, current, 0.75)
+    update_average(average, current, 0.75)
     assert torch.allclose(average.weight, torch.full((3,), 1.5))
     assert torch.equal(average.running_mean, current.running_mean)
 
