@@ -109,7 +109,8 @@ class PredictionSnapshots:
     """A training callback that keeps the model's segmentation of a few fixed images every ``every`` steps.
 
     Args:
-        inputs: Prepared network inputs ``(X, Y)`` (MLNGM + z-score, as the model is trained on).
+        inputs: Images ``(X, Y)`` in their own intensities; each is prepared the way the model takes its input
+            (:func:`lmisa_lite.preprocessing.model_input`: MLNGM then z-score, or z-score only).
         every: Snapshot interval in steps (the final step is always kept).
         total_steps: The run's number of steps, to keep the last one.
 
@@ -124,16 +125,20 @@ class PredictionSnapshots:
         self.every, self.total_steps = every, total_steps
         self.steps: list[int] = []
         self.predictions: list[list[np.ndarray]] = []
+        self._prepared: list[np.ndarray] | None = None  # the network inputs, made at the first snapshot
 
     def __call__(self, step: int, row: dict[str, float], model: Any) -> None:
         last = self.total_steps is not None and step == self.total_steps - 1
         if step % self.every and not last:
             return
         from lmisa_lite.inference import predict_volume
+        from lmisa_lite.preprocessing import model_input
 
+        if self._prepared is None:
+            self._prepared = [model_input(model, x) for x in self.inputs]
         device = next(model.parameters()).device
         self.steps.append(step + 1)
-        self.predictions.append([predict_volume(model, x, device=device) for x in self.inputs])
+        self.predictions.append([predict_volume(model, x, device=device) for x in self._prepared])
 
     def figure(self, *, references: Sequence[np.ndarray] | None = None, max_columns: int = 6) -> Figure:
         """Rows: the images; columns: snapshots (evenly picked when there are many), then the reference."""
