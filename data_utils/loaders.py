@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.case import Case
-from data_utils.nifti import _to_canonical, load_case, nifti_stem
+from data_utils.nifti import load_case, nifti_stem, to_canonical
 
 # MMWHS codes: 205 MYO, 420 LAC, 500 LVC, 550 RA, 600 RV, 820 AA, 850 PA. Structures the cross-modality
 # benchmark does not segment become background.
@@ -421,8 +421,8 @@ def load_chaos(root: str | os.PathLike, *, sequence: str = "T1DUAL_in") -> list[
         image, label, affine = _load_chaos_series(series_dir, mask_dir if has_masks else None, pydicom)
         zooms = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
         if label is not None:
-            label = _to_canonical(label, affine, zooms)[0]
-        image, affine, spacing = _to_canonical(image, affine, zooms)
+            label = to_canonical(label, affine, zooms)[0]
+        image, affine, spacing = to_canonical(image, affine, zooms)
         cases.append(
             Case(
                 image=np.ascontiguousarray(image, dtype=np.float32),

@@ -44,8 +44,29 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return name
 
 
-def _to_canonical(data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...]):
-    """Reorient ``data`` (3D) to the closest RAS+ order, like ``nib.as_closest_canonical``."""
+def to_canonical(
+    data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Reorient a 3D array to the closest canonical (RAS+) voxel order, like ``nib.as_closest_canonical``.
+
+    Axes are only permuted and flipped, never resampled: afterwards the first axis increases towards the
+    patient's Right, the second towards Anterior and the third towards Superior.
+
+    Args:
+        data: 3D array ``(I, J, K)`` in the voxel order of ``affine``.
+        affine: 4x4 voxel-to-world (RAS mm) matrix of ``data``.
+        zooms: Voxel size (mm) along each axis of ``data``, 3 values.
+
+    Returns:
+        ``(canonical, new_affine, new_zooms)``: the reoriented array (a view of ``data`` where possible),
+        the 4x4 affine that maps its voxels to the same world positions, and the voxel size along its axes.
+
+    Examples:
+        >>> flipped = np.diag([-2.0, 1.0, 3.0, 1.0])  # first axis runs towards the Left
+        >>> data, affine, zooms = to_canonical(np.arange(24).reshape(2, 3, 4), flipped, (2.0, 1.0, 3.0))
+        >>> data.shape, int(data[0, 0, 0]), affine[:3, 3].tolist(), zooms
+        ((2, 3, 4), 12, [-2.0, 0.0, 0.0], (2.0, 1.0, 3.0))
+    """
     ornt = nib.io_orientation(affine)
     canonical = nib.apply_orientation(data, ornt)
     new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
@@ -96,7 +117,7 @@ def _read_nifti(path: str | os.PathLike, *, role: str, as_label: bool):
         zooms = zooms[:2] + (float(np.linalg.norm(affine[:3, 2])) or 1.0,)
     if data.ndim != 3:
         raise ValueError(f"{role} file {path} holds a {data.ndim}D array {data.shape}; expected 2D or 3D")
-    data, affine, zooms = _to_canonical(data, affine, zooms[:3])
+    data, affine, zooms = to_canonical(data, affine, zooms[:3])
     data, affine, zooms = _drop_single_slice(data, affine, zooms)
     return data, affine, zooms
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from data_utils.case import Case
 from data_utils.atomic import atomic_write_text
-from lmisa_lite.metrics import ClassNames, _class_name, evaluate_case
+from lmisa_lite.metrics import ClassNames, class_name, evaluate_case
 
 #: Columns of the per-case table returned by :func:`evaluate`, in order.
 COLUMNS = ("case_id", "modality", "label", "class", "dice", "assd", "hd95", "precision", "recall", "iou",
@@ -131,9 +131,8 @@ def evaluate(
             raise ValueError(f"case {case.case_id!r} has no label map to score against")
         pred = np.asarray(predict_fn(case))
         if pred.shape != case.label.shape:
-            raise ValueError(
-                f"prediction for case {case.case_id!r} has shape {pred.shape}, its label {case.label.shape}"
-            )
+            raise ValueError(f"prediction for case {case.case_id!r} has shape {pred.shape}, its label "
+                             f"{case.label.shape}")
         for row in evaluate_case(pred, case.label, spacing=case.spacing, labels=labels,
                                  class_names=class_names):
             rows.append({"case_id": case.case_id, "modality": case.modality, **row})
@@ -202,7 +201,7 @@ def summarize(
     rows: dict[str, dict[str, float]] = {}
     for label, group in df.groupby("label", sort=True):
         if class_names is not None or "class" not in group.columns:
-            name = _class_name(int(label), class_names)
+            name = class_name(int(label), class_names)
         else:
             name = str(group["class"].iloc[0])
         row: dict[str, float] = {"n_cases": len(group)}

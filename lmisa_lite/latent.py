@@ -9,7 +9,7 @@ on the encoder bottleneck of a trained :class:`~lmisa_lite.networks.LMISANet`:
   accuracy near 0.5 means aligned features, near 1.0 separable ones. :func:`proxy_a_distance` turns that
   accuracy into the proxy A-distance of Ben-David et al. (0 = aligned, 2 = separable).
 
-Everything runs on NumPy (and torch for the forward pass); no machine-learning library is needed.
+The forward pass runs in torch; PCA, t-SNE and the classifier come from scikit-learn.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.manifold import TSNE
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 def _as_stack(images: Any) -> np.ndarray:
@@ -107,6 +113,7 @@ def bottleneck_features(
 
 
 def _as_features(features: Any, *, min_rows: int = 1) -> np.ndarray:
+    """``(N, F)`` float64 from array-like features, checked to be finite with ``N >= min_rows``."""
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < min_rows or x.shape[1] < 1:
         raise ValueError(f"features: expected a 2D array (N, F) with N >= {min_rows}, got shape {x.shape}")
@@ -115,36 +122,14 @@ def _as_features(features: Any, *, min_rows: int = 1) -> np.ndarray:
     return x
 
 
-def _thin_svd(a: np.ndarray, *, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(U * S, S, Vt)`` of ``a`` for its non-negligible singular values, largest first.
-
-    Computed from the eigenvectors of the smaller Gram matrix (``a a^T`` or ``a^T a``): for the wide, short
-    feature matrices here that is a small symmetric problem, and it avoids LAPACK's SVD driver, which is
-    slow when its threads compete for a busy CPU.
-    """
-    wide = a.shape[1] > a.shape[0]
-    evals, vecs = np.linalg.eigh(a @ a.T if wide else a.T @ a)
-    order = np.argsort(evals)[::-1]
-    evals, vecs = np.clip(evals[order], 0, None), vecs[:, order]
-    keep = evals > rtol * max(float(evals[0]), 1e-300) if len(evals) else evals > 0
-    if not keep.any():
-        keep[:1] = True
-    s = np.sqrt(evals[keep])
-    safe = np.where(s > 0, s, 1.0)
-    if wide:
-        u = vecs[:, keep]
-        return u * s, s, (a.T @ u / safe).T
-    v = vecs[:, keep]
-    return a @ v, s, v.T
-
-
 def embed_pca(
     features: Any, n: int = 2, *, return_variance: bool = False
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Project features onto their ``n`` principal components (centred, by singular value decomposition).
+    """Project features onto their ``n`` principal components (:class:`sklearn.decomposition.PCA`).
 
-    Each component's sign is fixed so that its largest loading is positive, which makes the picture
-    reproducible across runs and platforms.
+    The features are centred and decomposed by an exact (LAPACK) singular value decomposition. Each
+    component's sign is fixed so that its largest loading is positive, which makes the picture reproducible
+    across runs and platforms.
 
     Args:
         features: ``(N, F)``.
@@ -152,7 +137,9 @@ def embed_pca(
         return_variance: Also return the fraction of the total variance each component explains.
 
     Returns:
-        ``(N, n)`` float64 coordinates, or ``(coordinates, explained_variance_ratio (n,))``.
+        ``(N, n)`` float64 coordinates, or ``(coordinates, explained_variance_ratio (n,))`` with the ratios
+        in decreasing order. Without any variance (one row, or only constant features) coordinates and
+        ratios are 0.
 
     Raises:
         ValueError: If ``features`` is not a finite 2D array or ``n`` is out of range.
@@ -165,42 +152,11 @@ def embed_pca(
     x = _as_features(features)
     if not 1 <= n <= min(x.shape):
         raise ValueError(f"n={n}: expected 1 <= n <= min(N, F) = {min(x.shape)}")
-    centred = x - x.mean(0)
-    coords, s, vt = _thin_svd(centred)
-    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
-    signs[signs == 0] = 1
-    coords = (coords * signs)[:, :n]
-    coords = np.pad(coords, ((0, 0), (0, n - coords.shape[1])))  # directions without variance are 0
-    if not return_variance:
-        return coords
-    total = float((s**2).sum())
-    ratio = np.pad(s**2 / total if total > 0 else np.zeros(len(s)), (0, n))[:n]
-    return coords, ratio
-
-
-def _conditional_probabilities(sq_dist: np.ndarray, perplexity: float) -> np.ndarray:
-    """Row-wise Gaussian affinities whose entropy matches ``log(perplexity)`` (bisection on the precision)."""
-    n = len(sq_dist)
-    p = np.zeros((n, n))
-    target = np.log(perplexity)
-    for i in range(n):
-        d = np.delete(sq_dist[i], i)
-        d = d - d.min()  # shift for stability; normalisation cancels it
-        lo, hi, beta = 0.0, np.inf, 1.0
-        for _ in range(100):
-            w = np.exp(-d * beta)
-            total = w.sum()
-            entropy = np.log(total) + beta * (d * w).sum() / total
-            if abs(entropy - target) < 1e-5:
-                break
-            if entropy > target:  # too flat: sharpen
-                lo = beta
-                beta = beta * 2 if hi == np.inf else (beta + hi) / 2
-            else:
-                hi = beta
-                beta = (beta + lo) / 2
-        p[i, np.arange(n) != i] = w / total
-    return p
+    pca = PCA(n_components=n, svd_solver="full")
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 variance ratios when nothing varies
+        coords = pca.fit_transform(x)
+        ratio = np.nan_to_num(pca.explained_variance_ratio_)
+    return (coords, ratio) if return_variance else coords
 
 
 def embed_tsne(
@@ -212,20 +168,22 @@ def embed_tsne(
     seed: int = 0,
     learning_rate: float | None = None,
 ) -> np.ndarray:
-    """t-SNE embedding (exact gradients; for a few hundred points, as in the tutorial's test sets).
+    """t-SNE embedding (:class:`sklearn.manifold.TSNE`, exact gradients; for a few hundred points).
 
-    Features are reduced to at most 50 principal components first. The optimisation follows van der Maaten &
-    Hinton (2008): early exaggeration (x12) for the first quarter of the steps (at most 250), momentum 0.5
-    during it and 0.8 after, and per-coordinate adaptive gains. Read a t-SNE map for its clusters, not for
-    their sizes or the gaps between them.
+    Features are reduced to at most 50 principal components first (:func:`embed_pca`). The map starts from
+    the PCA of the (reduced) features and is optimised as in van der Maaten & Hinton (2008): 250 steps of
+    early exaggeration (x12), then plain steps with adaptive gains; scikit-learn stops early once 300 steps
+    bring no progress. Read a t-SNE map for its clusters, not for their sizes or the gaps between them.
 
     Args:
         features: ``(N, F)`` with ``N >= 4``.
         n: Output dimensions.
         perplexity: Effective number of neighbours, clipped to ``(N - 1) / 3``.
-        steps: Gradient steps.
-        seed: Seeds the random initialisation.
-        learning_rate: Step size; None uses ``max(N / 12, 50)``.
+        steps: Most gradient steps (``max_iter``), at least 250 (the exaggeration phase).
+        seed: ``random_state`` of the PCA initialisation (and of the random one where ``n > min(N, F)``);
+            a fixed seed gives the same map.
+        learning_rate: Step size; None uses scikit-learn's ``"auto"`` rule, ``max(N / 48, 50)`` in its units
+            (which are 4 times those of the original paper's gradient).
 
     Returns:
         ``(N, n)`` float64 coordinates (centred).
@@ -240,62 +198,23 @@ def embed_tsne(
         (20, 2)
     """
     x = _as_features(features, min_rows=4)
-    if n < 1 or perplexity <= 0 or steps < 1:
-        raise ValueError(f"n={n}, perplexity={perplexity}, steps={steps}: expected positive values")
-    m = len(x)
+    if n < 1 or perplexity <= 0 or steps < 250:
+        raise ValueError(
+            f"n={n}, perplexity={perplexity}, steps={steps}: expected n >= 1, perplexity > 0, steps >= 250"
+        )
     if x.shape[1] > 50:
-        x = embed_pca(x, min(50, m))
-    sq = np.square(x[:, None, :] - x[None, :, :]).sum(-1)
-    p = _conditional_probabilities(sq, min(perplexity, (m - 1) / 3))
-    p = np.maximum((p + p.T) / (2 * m), 1e-12)
-    rng = np.random.default_rng(seed)
-    y = rng.normal(0.0, 1e-4, (m, n))
-    velocity, gains = np.zeros_like(y), np.ones_like(y)
-    lr = max(m / 12, 50.0) if learning_rate is None else float(learning_rate)
-    early = min(250, steps // 4)
-    for step in range(steps):
-        exaggeration, momentum = (12.0, 0.5) if step < early else (1.0, 0.8)
-        diff = y[:, None, :] - y[None, :, :]
-        kernel = 1.0 / (1.0 + np.square(diff).sum(-1))  # Student-t with one degree of freedom
-        np.fill_diagonal(kernel, 0.0)
-        q = np.maximum(kernel / kernel.sum(), 1e-12)
-        grad = 4.0 * (((exaggeration * p - q) * kernel)[:, :, None] * diff).sum(1)
-        same_direction = np.sign(grad) == np.sign(velocity)
-        gains = np.maximum(np.where(same_direction, gains * 0.8, gains + 0.2), 0.01)
-        velocity = momentum * velocity - lr * gains * grad
-        y = y + velocity
-        y = y - y.mean(0)
-    return y
-
-
-def _stratified_folds(classes: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold index of every sample: each class is shuffled and dealt round-robin over the folds."""
-    fold = np.empty(len(classes), dtype=np.int64)
-    offset = 0
-    for c in np.unique(classes):
-        idx = rng.permutation(np.flatnonzero(classes == c))
-        fold[idx] = (np.arange(len(idx)) + offset) % folds
-        offset += len(idx)  # keeps fold sizes balanced across classes
-    return fold
-
-
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 50) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression by Newton's method; the bias is not penalised."""
-    n, f = x.shape
-    design = np.hstack([x, np.ones((n, 1))])
-    penalty = np.full(f + 1, l2)
-    penalty[-1] = 0.0
-    w = np.zeros(f + 1)
-    for _ in range(iterations):
-        z = np.clip(design @ w, -30, 30)
-        p = 1.0 / (1.0 + np.exp(-z))
-        grad = design.T @ (p - y) + penalty * w
-        hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty) + 1e-9 * np.eye(f + 1)
-        step = np.linalg.solve(hessian, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w[:-1], float(w[-1])
+        x = embed_pca(x, min(50, len(x)))
+    tsne = TSNE(
+        n_components=n,
+        perplexity=min(perplexity, (len(x) - 1) / 3),
+        learning_rate="auto" if learning_rate is None else float(learning_rate),
+        max_iter=int(steps),
+        init="pca" if n <= min(x.shape) else "random",
+        method="exact",
+        random_state=seed,
+    )
+    y = tsne.fit_transform(x).astype(np.float64)
+    return y - y.mean(0)
 
 
 def domain_classifier_accuracy(
@@ -303,11 +222,14 @@ def domain_classifier_accuracy(
 ) -> float:
     """Cross-validated accuracy of a linear classifier that tells two domains apart from their features.
 
-    Per fold, features are standardised with the training part's mean and standard deviation, and an
-    L2-regularised logistic regression (penalty ``l2 / 2 * ||w||^2`` on the summed log-loss, like
-    scikit-learn's ``C = 1 / l2``) is fit by Newton's method. Folds are stratified by domain and drawn with
-    ``seed``. The regularisation matters: with more feature channels than images, any two sets of points
-    are linearly separable, and only a penalised classifier measures a real difference.
+    The classifier is a scikit-learn pipeline of :class:`~sklearn.preprocessing.StandardScaler` (fit on each
+    training part, so the held-out part is scaled with the training mean and standard deviation; constant
+    features are left unscaled) and an L2-regularised :class:`~sklearn.linear_model.LogisticRegression` with
+    ``C = 1 / l2``, i.e. penalty ``l2 / 2 * ||w||^2`` on the summed log-loss, bias not penalised. It is
+    scored by :func:`~sklearn.model_selection.cross_val_score` over
+    :class:`~sklearn.model_selection.StratifiedKFold` folds, shuffled with ``random_state=seed``. The
+    regularisation matters: with more feature channels than images, any two sets of points are linearly
+    separable, and only a penalised classifier measures a real difference.
 
     Args:
         features: ``(N, F)``, e.g. from :func:`bottleneck_features`.
@@ -336,32 +258,19 @@ def domain_classifier_accuracy(
         raise ValueError(
             f"domains: expected {len(x)} labels (one per row of features), got shape {labels.shape}"
         )
-    names, classes = np.unique(labels, return_inverse=True)
+    names, counts = np.unique(labels, return_counts=True)
     if len(names) != 2:
         raise ValueError(f"domains: expected exactly two distinct domains, got {names.tolist()}")
-    smallest = int(np.bincount(classes).min())
+    smallest = int(counts.min())
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or not 2 <= folds <= smallest:
         raise ValueError(
             f"folds={folds!r}: expected an integer in [2, {smallest}] (the smaller domain's size)"
         )
     if not l2 > 0:
         raise ValueError(f"l2={l2}: expected a positive penalty")
-    fold = _stratified_folds(classes, int(folds), np.random.default_rng(seed))
-    accuracies = []
-    for k in range(int(folds)):
-        train, test = fold != k, fold == k
-        mean, std = x[train].mean(0), x[train].std(0)
-        std[std < 1e-12] = 1.0  # a constant feature carries no information either way
-        z_train, z_test = (x[train] - mean) / std, (x[test] - mean) / std
-        if z_train.shape[1] > z_train.shape[0]:
-            # With more features than images, the weights that matter lie in the span of the training rows
-            # (the rest only adds penalty), so fitting in that basis gives the same classifier, faster.
-            _, _, axes = _thin_svd(z_train)
-            z_train, z_test = z_train @ axes.T, z_test @ axes.T
-        w, b = _fit_logistic(z_train, classes[train].astype(np.float64), l2)
-        predicted = (z_test @ w + b) > 0
-        accuracies.append(float((predicted == classes[test].astype(bool)).mean()))
-    return float(np.mean(accuracies))
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0 / l2, max_iter=1000))
+    splits = StratifiedKFold(n_splits=int(folds), shuffle=True, random_state=seed)
+    return float(cross_val_score(classifier, x, labels, cv=splits, scoring="accuracy").mean())
 
 
 def proxy_a_distance(acc: float) -> float:

@@ -140,8 +140,23 @@ def _per_label(
     return {label: score(pred == label, target == label) for label in _check_labels(pred, target, labels)}
 
 
-def _class_name(label: int, class_names: ClassNames | None) -> str:
-    """Name of ``label`` from a mapping or a sequence indexed by label; ``"label N"`` when unnamed."""
+def class_name(label: int, class_names: ClassNames | None) -> str:
+    """Display name of a class label.
+
+    Args:
+        label: Integer class label.
+        class_names: A mapping ``{label: name}``, a sequence of names indexed by label, or None.
+
+    Returns:
+        The name of ``label``, or ``"label N"`` when ``class_names`` does not name it.
+
+    Raises:
+        ValueError: If ``class_names`` is a string (it would name the labels by its characters).
+
+    Examples:
+        >>> class_name(1, {1: "kidney"}), class_name(2, ["bg", "MYO", "LAC"]), class_name(3, None)
+        ('kidney', 'LAC', 'label 3')
+    """
     if isinstance(class_names, str):
         raise ValueError(  # noqa: TRY004 - bad arguments raise ValueError throughout the package
             "class_names must be a mapping {label: name} or a sequence of names, not a string"
@@ -350,7 +365,7 @@ def evaluate_case(
         distances = _surface_distances(p, t, sampling)
         rows.append({
             "label": label,
-            "class": _class_name(label, class_names),
+            "class": class_name(label, class_names),
             **_overlap(p, t),
             "assd": _assd(distances),
             "hd95": _hd95(distances),

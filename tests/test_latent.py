@@ -16,6 +16,12 @@ from lmisa_lite.latent import (
 )
 from lmisa_lite.networks import LMISANet
 
+# A classifier that does not converge or a 0/0 in the embeddings would make the numbers below meaningless.
+pytestmark = [
+    pytest.mark.filterwarnings("error::sklearn.exceptions.ConvergenceWarning"),
+    pytest.mark.filterwarnings("error::RuntimeWarning"),
+]
+
 
 def two_domains(
     shift: float, *, n: int = 60, features: int = 8, seed: int = 0
@@ -27,7 +33,7 @@ def two_domains(
 
 
 # ---- domain classifier -------------------------------------------------------------------------------------
-# 64 features for 48 training points per fold: the path that fits in the span of the training rows
+# 64 features for 48 training points per fold: more channels than images, as for real bottleneck features
 @pytest.mark.parametrize("features", [8, 64])
 def test_separable_domains_are_classified_almost_perfectly(features):
     x, domains = two_domains(3.0, n=30, features=features)
@@ -51,8 +57,19 @@ def test_accuracy_grows_with_the_domain_gap():
 
 def test_classifier_is_deterministic_for_a_seed_and_ignores_constant_features():
     x, domains = two_domains(1.0)
-    x = np.hstack([x, np.full((len(x), 1), 7.0)])
-    assert domain_classifier_accuracy(x, domains, seed=3) == domain_classifier_accuracy(x, domains, seed=3)
+    accuracy = domain_classifier_accuracy(x, domains, seed=3)
+    assert domain_classifier_accuracy(x, domains, seed=3) == accuracy
+    with_constant = np.hstack([x, np.full((len(x), 1), 7.0)])
+    assert domain_classifier_accuracy(with_constant, domains, seed=3) == accuracy
+
+
+def test_classifier_standardises_features():
+    # Without standardisation, the penalty would weigh the channels by their arbitrary units.
+    x, domains = two_domains(0.8)
+    scaled = x * np.logspace(-3, 3, x.shape[1]) + 100.0
+    assert domain_classifier_accuracy(scaled, domains) == pytest.approx(
+        domain_classifier_accuracy(x, domains)
+    )
 
 
 def test_classifier_rejects_bad_input():
@@ -63,6 +80,8 @@ def test_classifier_rejects_bad_input():
         domain_classifier_accuracy(x, ["a"] * 4 + ["b"] * 4 + ["c"] * 4)
     with pytest.raises(ValueError, match="folds"):
         domain_classifier_accuracy(x, domains, folds=7)
+    with pytest.raises(ValueError, match="folds"):
+        domain_classifier_accuracy(x, domains, folds=True)
     with pytest.raises(ValueError, match="features"):
         domain_classifier_accuracy(np.zeros(12), domains)
     with pytest.raises(ValueError, match="l2"):
@@ -89,6 +108,18 @@ def test_pca_matches_the_singular_value_decomposition(shape):
     assert coords.shape == (shape[0], 3) and ratio[0] >= ratio[1] >= ratio[2]
 
 
+def test_pca_signs_do_not_depend_on_the_row_order():
+    x = np.random.default_rng(2).normal(size=(20, 6))
+    order = np.random.default_rng(3).permutation(20)
+    np.testing.assert_allclose(embed_pca(x[order], 3), embed_pca(x, 3)[order], atol=1e-10)
+
+
+def test_pca_without_variance_gives_zeros():
+    coords, ratio = embed_pca(np.full((5, 3), 2.0), 2, return_variance=True)
+    np.testing.assert_array_equal(coords, 0.0)
+    np.testing.assert_array_equal(ratio, 0.0)
+
+
 def test_pca_separates_shifted_domains_along_the_first_axis():
     x, domains = two_domains(4.0)
     first = embed_pca(x, 2)[:, 0]
@@ -105,7 +136,8 @@ def test_pca_rejects_too_many_components():
 def test_tsne_keeps_clusters_apart_and_is_reproducible():
     x, domains = two_domains(6.0, n=15, features=10)
     y = embed_tsne(x, steps=400, seed=1)
-    assert y.shape == (30, 2)
+    assert y.shape == (30, 2) and y.dtype == np.float64
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-9)
     np.testing.assert_array_equal(y, embed_tsne(x, steps=400, seed=1))
     labels = np.array(domains)
     centre_gap = np.linalg.norm(y[labels == "ct"].mean(0) - y[labels == "mri"].mean(0))
@@ -113,6 +145,14 @@ def test_tsne_keeps_clusters_apart_and_is_reproducible():
     assert centre_gap > 2 * spread
     with pytest.raises(ValueError, match="features"):
         embed_tsne(x[:3])
+    with pytest.raises(ValueError, match="steps"):
+        embed_tsne(x, steps=100)
+
+
+def test_tsne_reduces_wide_features_and_accepts_more_dimensions_than_features():
+    x, _ = two_domains(3.0, n=10, features=80)
+    assert embed_tsne(x, 3, steps=250).shape == (20, 3)
+    assert embed_tsne(x[:, :2], 3, steps=250).shape == (20, 3)  # random start: 3 > min(N, F)
 
 
 # ---- bottleneck features on a tiny network -----------------------------------------------------------------
