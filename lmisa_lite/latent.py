@@ -65,7 +65,7 @@ def bottleneck_features(
 
     Args:
         model: A 2D :class:`~lmisa_lite.networks.LMISANet` (anything with ``encode`` and ``depth``).
-        images: Network inputs (MLNGM + z-score, see :func:`data_utils.prepare.network_input`): ``(N, X, Y)``,
+        images: Network inputs (see :func:`lmisa_lite.preprocessing.model_input`): ``(N, X, Y)``,
             ``(N, 1, X, Y)``, one ``(X, Y)`` image, a list of equally shaped ``(X, Y)`` arrays, or a tensor.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         pool: ``"mean"`` (global average pooling) or ``"max"`` (global max pooling).

@@ -2,11 +2,28 @@
 
 Every metric compares a predicted label map with a reference label map of the same shape, 2D ``(X, Y)``
 or 3D ``(X, Y, Z)``, one foreground class at a time (background 0 is never scored), and returns
-``{label: value}``. Surface distances follow the definitions of medpy, which the cross-modality
-segmentation literature reports: the surface of a mask is the mask minus its face-connected erosion
-(voxels on the array border count as surface), distances are exact Euclidean distances in mm when
-``spacing`` is given and in voxels otherwise, ASSD is the mean of the two directed mean distances and
-HD95 is the 95th percentile of both directed distance sets pooled together.
+``{label: value}``. Surface distances follow ``medpy.metric.binary`` (``tests/test_metrics_medpy.py``
+compares the two): the surface of a mask is the mask minus its face-connected erosion (medpy's default
+``connectivity=1``; voxels on the array border count as surface), distances are exact Euclidean distances
+in mm when ``spacing`` is given (medpy's ``voxelspacing``) and in voxels otherwise, and HD95 is the 95th
+percentile (linear interpolation) of both directed distance sets pooled together, as medpy's ``hd95``.
+Dice equals medpy's ``dc`` and HD95 medpy's ``hd95`` to rounding.
+
+Differences from medpy:
+
+- ASSD is the mean of the two directed mean distances, ``(asd(P, T) + asd(T, P)) / 2`` with medpy's
+  ``asd``: the formula of medpy up to 0.4, with which many published cross-modality results were computed.
+  medpy 0.5 and later (its issue #108) pool instead: the mean over the surface voxels of *both* masks
+  (Heimann et al., IEEE TMI 2009), which weights each direction by its surface size. The two agree when
+  both surfaces have as many voxels (or both directions the same mean distance); on partly overlapping
+  shapes of similar size they differ by a few percent.
+- medpy binarises a whole array (any nonzero voxel is foreground); these functions score each label of a
+  label map on its own: ``dice(pred, target)[k]`` is medpy's ``dc(pred == k, target == k)``.
+- Empty masks: medpy's ``hd95``, ``asd`` and ``assd`` raise RuntimeError when either mask is empty, and its
+  ``dc`` of two empty masks is a 0 / 0 (NaN with a RuntimeWarning in medpy 0.5); here they are NaN without
+  a warning, as the table below sets out.
+- The connectivity is fixed at 1 (face neighbours); medpy's ``connectivity=2`` or ``3`` takes thicker
+  surfaces and gives other distances.
 
 Empty masks never raise and never turn into a silent 0. For one class, with ``P`` the predicted voxels
 and ``T`` the reference voxels:

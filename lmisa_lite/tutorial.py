@@ -1,8 +1,8 @@
 """The main job: execute the numbered notebooks with papermill and collect their results.
 
-Each notebook has a ``parameters`` cell whose knobs default to the profile named by the ``LMISA_PROFILE``
-environment variable (``quick``, ``standard`` or ``paper``). :func:`run_tutorial` sets that variable for the
-kernels it starts, passes ``out_dir`` (where notebooks write their artefacts), and writes, for each notebook, the
+Each notebook has a ``parameters`` cell of plain literals and a ``profile`` parameter; the cell after it
+applies the profile's values (:mod:`lmisa_lite.profiles`). :func:`run_tutorial` passes ``profile`` and
+``out_dir`` (where notebooks write their artefacts) to every notebook, and writes, for each notebook, the
 executed copy and an HTML rendering, then ``metrics.json`` (the numbers every notebook recorded with
 :func:`record_metrics`) and an ``index.html`` that links them.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from data_utils.atomic import atomic_write_text
+from lmisa_lite.profiles import PROFILE_ENV, PROFILE_NAMES, resolve_profile
 
-PROFILES = ("quick", "standard", "paper")
-PROFILE_ENV = "LMISA_PROFILE"
+PROFILES = PROFILE_NAMES  # the profile names, as this module has always called them
 METRICS_DIR = "metrics"
 
 
@@ -36,10 +36,7 @@ def current_profile(default: str = "standard") -> str:
     Raises:
         ValueError: If the variable names an unknown profile.
     """
-    profile = os.environ.get(PROFILE_ENV, default)
-    if profile not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={profile!r}: expected one of {', '.join(PROFILES)}")
-    return profile
+    return resolve_profile(os.environ.get(PROFILE_ENV) or default)
 
 
 def record_metrics(notebook: str, metrics: dict[str, Any], *, out_dir: str | os.PathLike) -> Path:
@@ -80,11 +77,15 @@ def find_notebooks(notebooks_dir: str | os.PathLike | None = None, *, select: It
     if not folder.is_dir():
         raise FileNotFoundError(f"notebooks folder not found: {folder}")
     found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
-    if select:
-        wanted = list(select)
-        found = [p for p in found if any(p.stem.startswith(w) or p.name == w for w in wanted)]
     if not found:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) found in {folder}")
+    if select:
+        wanted = list(select)
+        chosen = [p for p in found if any(p.stem.startswith(w) or p.name == w for w in wanted)]
+        if not chosen:
+            raise FileNotFoundError(f"no notebook in {folder} matches {', '.join(map(repr, wanted))}; "
+                                    f"expected one of: {', '.join(p.stem for p in found)}")
+        found = chosen
     return found
 
 
@@ -132,7 +133,11 @@ def run_notebook(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / notebook.name
+    declared = pm.inspect_notebook(str(notebook))  # the notebook's parameters, by name
     params = {"out_dir": str(out_dir.resolve() / "artifacts"), **(parameters or {})}
+    if "profile" in declared:
+        params = {"profile": profile, **params}
+    # The kernel's environment names the profile too, for code that reads it outside the parameters.
     env_before = os.environ.get(PROFILE_ENV)
     os.environ[PROFILE_ENV] = profile
     start = time.perf_counter()
@@ -287,14 +292,35 @@ def run_sweep(
 
     Returns:
         Path of ``sweep.csv`` (one row per run: the parameters, then the flattened metrics).
+
+    Raises:
+        FileNotFoundError: If the notebook is not found (the message lists the numbered notebooks).
+        ValueError: Before any run, for an empty grid, a prefix matching several notebooks, or a grid key the
+            notebook's ``parameters`` cell does not define (the message lists those it does).
+        RuntimeError: If a run fails (see :func:`run_notebook`).
     """
     import pandas as pd
+    import papermill as pm
 
     nb = Path(notebook)
-    if not nb.exists():
-        nb = find_notebooks(select=[str(notebook)])[0]
+    if not nb.is_file():
+        if len(nb.parts) > 1:
+            raise FileNotFoundError(f"notebook {notebook}: file not found")
+        matches = find_notebooks(select=[str(notebook)])
+        if len(matches) > 1:
+            raise ValueError(f"notebook {str(notebook)!r} matches {len(matches)} notebooks "
+                             f"({', '.join(p.stem for p in matches)}); expected a prefix that picks one")
+        nb = matches[0]
     if not grid:
         raise ValueError("grid: give at least one key=v1,v2 pair")
+    try:  # papermill only warns about a parameter the notebook lacks: check them all before any run
+        known = pm.inspect_notebook(str(nb))
+    except Exception as err:
+        raise ValueError(f"notebook {nb}: cannot read its parameters ({err})") from err
+    unknown = [k for k in grid if k not in known]
+    if unknown:
+        have = f"its parameters are {', '.join(known)}" if known else "it has no cell tagged 'parameters'"
+        raise ValueError(f"grid {', '.join(map(repr, unknown))}: not a parameter of notebook {nb.name}; {have}")
     out_dir = Path(out)
     keys = list(grid)
     rows = []
