@@ -39,12 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lmisa_lite._mlngm_reference import _literal_mlngm
 from lmisa_lite.mlngm import mlngm, mlngm_torch
+from lmisa_lite.mlngm_reference import literal_mlngm
 
 SHAPES = {"slice": (512, 512), "small_volume": (64, 64, 16), "volume": (256, 256, 64)}
 METHODS = {
-    "loop": lambda image: _literal_mlngm(image),
+    "loop": lambda image: literal_mlngm(image),
     "mlngm": lambda image: mlngm(image),
     "torch": lambda image: mlngm_torch(torch.from_numpy(image)[None, None]),
 }

@@ -15,28 +15,19 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lmisa_lite.mlngm import (
-    _as_image,
-    _check_options,
-    _level_shapes,
-    _local_normalise,
-    _minmax,
-    _resize,
-    _sobel_magnitude,
-)
-from lmisa_lite.viewer import (
-    _MAX_WIDTH_IN,
+from lmisa_lite.display import (
     CLASS_COLOURS,
-    SliceViewer,
-    _image_widget,
-    _inline,
-    _place_axes,
-    _row,
+    MAX_WIDTH_IN,
     class_colour,
+    control_row,
+    image_widget,
+    inline_buttons,
+    place_axes,
     plot_overlay,
     render_png,
-    show_montage,
 )
+from lmisa_lite.mlngm import combine_levels, level_shapes, mlngm_levels, resize
+from lmisa_lite.viewer import SliceViewer, show_montage
 
 __all__ = ["CLASS_COLOURS", "MLNGMExplorer", "SliceViewer", "class_colour", "mlngm_explorer", "mlngm_pyramid",
            "plot_overlay", "show_montage"]
@@ -52,9 +43,8 @@ def mlngm_pyramid(image: np.ndarray, *, levels: int = 4, window: int = 3,
                   threshold: float = 1e-3) -> list[dict[str, np.ndarray]]:
     """The per-scale steps of :func:`lmisa_lite.mlngm.mlngm` for a 2D image.
 
-    Uses the same resizing, Sobel and normalisation code as ``mlngm``, so the min-max scaled sum of the
-    ``"upsampled"`` maps equals ``mlngm(image, levels=levels, window=window, threshold=threshold)``. Levels
-    that ``mlngm`` skips (in-plane size below ``2 * window``) are absent.
+    The maps of :func:`lmisa_lite.mlngm.mlngm_levels`, which ``mlngm`` itself sums, so the min-max scaled sum
+    of the ``"upsampled"`` maps equals ``mlngm(image, levels=levels, window=window, threshold=threshold)``.
 
     Args:
         image: Intensities, ``(X, Y)``.
@@ -63,9 +53,9 @@ def mlngm_pyramid(image: np.ndarray, *, levels: int = 4, window: int = 3,
         threshold: Homogeneity threshold relative to the level's gradient standard deviation.
 
     Returns:
-        One dict per computed level with float64 arrays ``"resized"`` (the image min-max scaled to [0, 1] and
-        resized, ``(ceil(X / 2**k), ceil(Y / 2**k))``), ``"gradient"`` (its Sobel magnitude), ``"normalised"``
-        (the locally normalised map) and ``"upsampled"`` (that map resized back to ``(X, Y)``).
+        One dict per level with float64 arrays ``"resized"`` (the image min-max scaled to [0, 1] and resized,
+        ``(ceil(X / 2**k), ceil(Y / 2**k))``), ``"gradient"`` (its Sobel magnitude), ``"normalised"`` (the
+        locally normalised map) and ``"upsampled"`` (that map resized back to ``(X, Y)``).
 
     Raises:
         ValueError: If ``image`` is not a finite 2D array or an option is invalid.
@@ -75,20 +65,10 @@ def mlngm_pyramid(image: np.ndarray, *, levels: int = 4, window: int = 3,
         >>> [p["resized"].shape for p in mlngm_pyramid(img, levels=3)]
         [(64, 64), (32, 32), (16, 16)]
     """
-    x = _as_image(image)
-    if x.ndim != 2:
-        raise ValueError(f"image must be 2D (X, Y); got shape {x.shape} (pass one slice, e.g. vol[:, :, z])")
-    _check_options(levels, window, threshold)
-    x = _minmax(x)
-    pyramid = []
-    for shape in _level_shapes(x.shape, levels, window):
-        resized = _resize(x, shape) if shape != x.shape else x
-        gradient = _sobel_magnitude(resized)
-        normalised = _local_normalise(gradient, window, float(threshold), True)
-        upsampled = _resize(normalised, x.shape) if shape != x.shape else normalised
-        pyramid.append({"resized": resized, "gradient": gradient, "normalised": normalised,
-                        "upsampled": upsampled})
-    return pyramid
+    shape = np.shape(image)
+    if len(shape) != 2:
+        raise ValueError(f"image must be 2D (X, Y); got shape {shape} (pass one slice, e.g. vol[:, :, z])")
+    return mlngm_levels(image, levels=levels, window=window, threshold=threshold)
 
 
 class MLNGMExplorer:
@@ -131,24 +111,29 @@ class MLNGMExplorer:
             images = {"image": images}
         if not images:
             raise ValueError("images must name at least one 2D image")
-        self.images = {str(k): _as_image(v) for k, v in images.items()}
-        for name, img in self.images.items():
-            if img.ndim != 2:
-                raise ValueError(f"images[{name!r}] must be 2D (X, Y); got shape {img.shape}")
+        for name, img in images.items():
+            if np.ndim(img) != 2:
+                raise ValueError(f"images[{str(name)!r}] must be 2D (X, Y); got shape {np.shape(img)}")
         if not 1 <= levels <= MAX_LEVELS:
             raise ValueError(f"levels must be in 1..{MAX_LEVELS}; got {levels}")
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}; got {window}")
-        _check_options(levels, window, threshold)
+        # mlngm_pyramid checks the images' values and the options; the first pyramids start the cache.
         self._cache: dict[tuple[str, int, float], list[dict[str, np.ndarray]]] = {}
+        self.images: dict[str, np.ndarray] = {}
+        for name, img in images.items():
+            pyramid = mlngm_pyramid(img, levels=levels, window=window, threshold=threshold)
+            self.images[str(name)] = np.asarray(img, np.float64)
+            self._cache[str(name), int(window), float(threshold)] = pyramid
         self._hold = False
         thresholds = sorted(set(THRESHOLDS) | {float(threshold)})
         self.levels_slider = w.IntSlider(value=levels, min=1, max=MAX_LEVELS, description="levels",
                                          continuous_update=False)
         self.levels_slider.add_class("lmisa-mlngm-levels")
-        self.window_selector = _inline(w.ToggleButtons(options=list(WINDOWS), value=window,
-                                                       description="window", style={"button_width": "40px"}),
-                                       "lmisa-mlngm-window")
+        self.window_selector = inline_buttons(
+            w.ToggleButtons(options=list(WINDOWS), value=window, description="window",
+                            style={"button_width": "40px"}),
+            "lmisa-mlngm-window")
         self.threshold_slider = w.SelectionSlider(options=[(f"{t:g}", t) for t in thresholds],
                                                   value=float(threshold), description="threshold",
                                                   continuous_update=False)
@@ -157,12 +142,13 @@ class MLNGMExplorer:
         if level not in options:
             raise ValueError(f"level must be one of {options}; got {level!r}")
         # "level shown" nearly fills the usual 80-px label column; a wider one keeps it off the buttons before.
-        self.level_selector = _inline(w.ToggleButtons(options=options, value=level, description="level shown",
-                                                      style={"button_width": "48px"}),
-                                      "lmisa-mlngm-level", description_width="100px")
-        self.image_widget = _image_widget("lmisa-mlngm-image")
-        self.widget = w.VBox([_row([self.levels_slider, self.threshold_slider]),
-                              _row([self.window_selector, self.level_selector]), self.image_widget])
+        self.level_selector = inline_buttons(
+            w.ToggleButtons(options=options, value=level, description="level shown",
+                            style={"button_width": "48px"}),
+            "lmisa-mlngm-level", description_width="100px")
+        self.image_widget = image_widget("lmisa-mlngm-image")
+        self.widget = w.VBox([control_row([self.levels_slider, self.threshold_slider]),
+                              control_row([self.window_selector, self.level_selector]), self.image_widget])
         self.widget.add_class("lmisa-mlngm-explorer")
         self.figure = Figure(dpi=100)
         rows = len(self.images)
@@ -183,7 +169,7 @@ class MLNGMExplorer:
         return self.level_selector.value
 
     def _available(self, levels: int, window: int) -> int:
-        return min(len(_level_shapes(img.shape, levels, window)) for img in self.images.values())
+        return min(len(level_shapes(img.shape, levels, window=window)) for img in self.images.values())
 
     def _level_options(self, levels: int, window: int) -> list[Any]:
         return [*range(self._available(levels, window)), "sum"]
@@ -242,7 +228,7 @@ class MLNGMExplorer:
             pyramid = self._pyramid(name)
             if self.level == "sum":
                 maps = {"image": pyramid[0]["resized"],
-                        "gradient": sum(_resize(p["gradient"], img.shape) for p in pyramid),
+                        "gradient": sum(resize(p["gradient"], img.shape) for p in pyramid),
                         "normalised": sum(p["upsampled"] for p in pyramid)}
             else:
                 p = pyramid[int(self.level)]
@@ -268,8 +254,8 @@ class MLNGMExplorer:
                 _show_map(ax, maps[column], title, cmap="magma" if column == "gradient" else "gray",
                           fontsize=_TITLE_PT)
         h, wd = next(iter(self.images.values())).shape
-        _place_axes(self.figure, [ax for row in self._axes for ax in row], 4, wd / h,
-                    side=_MAX_WIDTH_IN / len(_COLUMNS), top_in=0.05, title_in=0.5)
+        place_axes(self.figure, [ax for row in self._axes for ax in row], 4, wd / h,
+                   side=MAX_WIDTH_IN / len(_COLUMNS), top_in=0.05, title_in=0.5)
         self.image_widget.value = render_png(self.figure)
 
     def static_figure(self) -> Figure:
@@ -293,8 +279,8 @@ class MLNGMExplorer:
                 ax.set_axis_off()
             _show_map(row[-1], _mlngm_map(pyramid), f"MLNGM\n{len(pyramid)} levels")
         h, wd = next(iter(self.images.values())).shape
-        _place_axes(fig, axes, ncols, wd / h, side=min(2.2, _MAX_WIDTH_IN / ncols), top_in=0.05,
-                    title_in=0.45)
+        place_axes(fig, axes, ncols, wd / h, side=min(2.2, MAX_WIDTH_IN / ncols), top_in=0.05,
+                   title_in=0.45)
         plt.close(fig)
         return fig
 
@@ -306,7 +292,7 @@ class MLNGMExplorer:
 
 def _mlngm_map(pyramid: list[dict[str, np.ndarray]]) -> np.ndarray:
     """MLNGM from the levels of :func:`mlngm_pyramid`: their full-size sum, min-max scaled (float32)."""
-    return _minmax(sum(p["upsampled"] for p in pyramid)).astype(np.float32)
+    return combine_levels(pyramid)
 
 
 def _show_map(ax: Axes, array: np.ndarray, title: str, cmap: str = "gray", fontsize: float = 9) -> None:

@@ -1,10 +1,17 @@
 """Tests for lmisa_lite.mlngm.
 
-The per-voxel loop in ``lmisa_lite._mlngm_reference`` is the executable specification: the vectorised NumPy
-code must reproduce it, and the Torch code must agree with the NumPy code.
+Two references in ``lmisa_lite.mlngm_reference`` are the executable specification: the per-voxel loop
+(``literal_mlngm``), which the vectorised NumPy code must reproduce, and the port of the published MATLAB
+script (``published_mlngm``), with its own ``imresize3``; the Torch code must agree with the NumPy code.
 
 Measured tolerances (float32 outputs in [0, 1]):
 - literal loop vs ``mlngm``: max abs difference 0 to ~1e-17 on the test images; asserted below 1e-6.
+- published port with the boundary rule of ``mlngm`` (``boundary="inside"``) vs ``mlngm``: max abs difference
+  ~3e-8 (float32 rounding) on odd sizes and thin volumes; asserted below 1e-6.
+- published port as published (mirrored boundary) vs ``mlngm``: Pearson r 0.9966-0.9999 on the smooth test
+  images of odd sizes and thin volumes (it was 0.84-0.999 before levels mapped with the nominal scale);
+  asserted r >= 0.995. On the linear ramp, whose gradient is flat up to the border, the boundary rule
+  dominates: r ~ 0.95-0.99 on every size, even ones included, so it is left out of that test.
 - ``a * I + b`` (a > 0): max abs difference <= 6e-8; asserted below 1e-6.
 - inversion ``-I``: exact invariance in exact arithmetic (gradient magnitude ignores sign and the resampler
   weights sum to 1); measured max abs difference 0; asserted below 1e-5 to leave room for rounding.
@@ -21,8 +28,18 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from lmisa_lite._mlngm_reference import _literal_local_normalise, _literal_mlngm
-from lmisa_lite.mlngm import _level_shapes, _local_normalise, _resize, _resize_torch, mlngm, mlngm_torch
+from lmisa_lite import mlngm_reference
+from lmisa_lite.mlngm import (
+    _local_normalise,
+    _resize_torch,
+    combine_levels,
+    level_shapes,
+    mlngm,
+    mlngm_levels,
+    mlngm_torch,
+    resize,
+)
+from lmisa_lite.mlngm_reference import literal_local_normalise, literal_mlngm, published_mlngm
 
 
 # ------------------------------------------------------------------------------------------- test images
@@ -49,6 +66,15 @@ def _ramp(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     if len(shape) == 3:
         image[..., : shape[2] // 2] += 0.5 * grids[0][..., : shape[2] // 2]
     return image
+
+
+def _phantom(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Nested ellipses (sharp edges), smooth texture and noise, as in the benchmark."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt((grids[0] / 0.8) ** 2 + (grids[1] / 0.6) ** 2)
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 3)
+    return 100.0 * (r < 0.9) + 60.0 * (r < 0.4) + 30.0 * texture + 5.0 * rng.standard_normal(shape)
 
 
 IMAGES = [_blobs, _disk, _ramp]
@@ -204,7 +230,7 @@ def test_intensity_inversion_invariance(shape, make):
 @pytest.mark.parametrize("shape, planar", [((24, 24), True), ((16, 16, 8), True), ((16, 16, 8), False)])
 def test_matches_literal_loop(shape, planar, make):
     image = make(shape, 4)
-    expected = _literal_mlngm(image, planar=planar)
+    expected = literal_mlngm(image, planar=planar)
     np.testing.assert_allclose(mlngm(image, planar=planar), expected, rtol=0, atol=1e-6)
 
 
@@ -215,7 +241,7 @@ def test_local_normalise_matches_literal(shape, window, planar):
     rng = np.random.default_rng(5)
     g = rng.random(shape)
     g[2:6, 2:6] = 0.5  # flat windows exercise the threshold and the max == min guard
-    expected = _literal_local_normalise(g, window, 1e-3, planar)
+    expected = literal_local_normalise(g, window, 1e-3, planar)
     np.testing.assert_allclose(_local_normalise(g, window, 1e-3, planar), expected, rtol=0, atol=1e-12)
 
 
@@ -227,16 +253,47 @@ def test_planar_and_cubic_windows():
     np.testing.assert_array_equal(mlngm(image, planar=True), mlngm(image, planar=False))
 
 
-def test_level_sizes_for_small_images():
-    assert _level_shapes((512, 512), 4, 3) == [(512, 512), (256, 256), (128, 128), (64, 64)]
-    assert _level_shapes((24, 24), 4, 3) == [(24, 24), (12, 12), (6, 6)]
-    assert _level_shapes((16, 16, 8), 4, 3) == [(16, 16, 8), (8, 8, 4)]
-    assert _level_shapes((64, 64, 4), 4, 3) == [(64, 64, 4), (32, 32, 3), (16, 16, 3), (8, 8, 3)]
-    assert _level_shapes((64, 64, 4), 4, 5) == [(64, 64, 4), (32, 32, 4), (16, 16, 4)]
-    assert _level_shapes((5, 5), 4, 3) == [(5, 5)]
+def test_level_sizes_as_published():
+    # imresize3(I, 1 / 2**k): ceil(n / 2**k) on every axis, the third one included, every level kept.
+    assert level_shapes((512, 512)) == [(512, 512), (256, 256), (128, 128), (64, 64)]
+    assert level_shapes((197, 233)) == [(197, 233), (99, 117), (50, 59), (25, 30)]
+    assert level_shapes((24, 24)) == [(24, 24), (12, 12), (6, 6), (3, 3)]
+    assert level_shapes((64, 48, 16)) == [(64, 48, 16), (32, 24, 8), (16, 12, 4), (8, 6, 2)]
+    assert level_shapes((40, 40, 5)) == [(40, 40, 5), (20, 20, 3), (10, 10, 2), (5, 5, 1)]
+    assert level_shapes((5, 5), 2) == [(5, 5), (3, 3)]
+    assert level_shapes((1, 30), 3) == [(1, 30), (1, 15), (1, 8)]
+    with pytest.raises(ValueError, match="levels"):
+        level_shapes((8, 8), 0)
+
+
+def test_level_sizes_with_skip_small():
+    # The earlier policy, kept as an option: no level under 2 * window in-plane, third axis >= min(Z, window).
+    def shapes(shape, window=3):
+        return level_shapes(shape, 4, window=window, skip_small=True)
+
+    assert shapes((512, 512)) == [(512, 512), (256, 256), (128, 128), (64, 64)]
+    assert shapes((24, 24)) == [(24, 24), (12, 12), (6, 6)]
+    assert shapes((16, 16, 8)) == [(16, 16, 8), (8, 8, 4)]
+    assert shapes((64, 64, 4)) == [(64, 64, 4), (32, 32, 3), (16, 16, 3), (8, 8, 3)]
+    assert shapes((64, 64, 4), window=5) == [(64, 64, 4), (32, 32, 4), (16, 16, 4)]
+    assert shapes((5, 5)) == [(5, 5)]
     # Fewer levels than asked must not change the result of asking for more.
     image = _disk((24, 24))
-    np.testing.assert_array_equal(mlngm(image, levels=3), mlngm(image, levels=8))
+    few, many = mlngm(image, levels=3, skip_small=True), mlngm(image, levels=8, skip_small=True)
+    np.testing.assert_array_equal(few, many)
+    image = _disk((40, 40))  # as published, the 5 x 5 level 3 counts
+    assert not np.array_equal(mlngm(image, levels=4), mlngm(image, levels=3))
+    np.testing.assert_array_equal(mlngm(image, levels=4, skip_small=True), mlngm(image, levels=3))
+
+
+@pytest.mark.parametrize("shape", [(35, 27), (20, 20, 5)])
+def test_skip_small_numpy_and_torch_agree(shape):
+    # In-plane the nominal scale, along a clamped third axis n_out / n_in: both resizing paths of Torch.
+    image = _disk(shape, seed=11)
+    expected = mlngm(image, skip_small=True)
+    assert not np.array_equal(expected, mlngm(image))
+    out = mlngm_torch(torch.from_numpy(image)[None, None], skip_small=True)[0, 0].numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 2), (1, 30), (5, 5), (7, 7, 1), (12, 12, 2)])
@@ -254,15 +311,115 @@ def test_numpy_resize_matches_torch_antialiased_bicubic():
         x = torch.from_numpy(image)[None, None]
         expected = F.interpolate(x, size=shape, mode="bicubic", antialias=True, align_corners=False)[0, 0]
         expected = expected.numpy()
-        np.testing.assert_allclose(_resize(image, shape), expected, atol=1e-12)
+        np.testing.assert_allclose(resize(image, shape), expected, atol=1e-12)
 
 
 def test_torch_volume_resize_matches_numpy():
-    # Torch has no tricubic mode; the separable bicubic passes must reproduce the NumPy resampler exactly.
-    volume = np.random.default_rng(10).random((20, 18, 12))
-    for shape in [(10, 9, 6), (20, 18, 6), (10, 9, 12), (40, 36, 24), (3, 3, 3)]:
-        out = _resize_torch(torch.from_numpy(volume)[None, None], shape)[0, 0].numpy()
-        np.testing.assert_allclose(out, _resize(volume, shape), atol=1e-12)
+    # Torch has no tricubic mode; the separable bicubic passes must reproduce the NumPy resampler exactly,
+    # and so must the matrix path that maps with the nominal scale.
+    volume = np.random.default_rng(10).random((21, 18, 13))
+    cases = [((10, 9, 6), None), ((21, 18, 6), None), ((10, 9, 13), None), ((40, 36, 24), None),
+             ((3, 3, 3), None), ((11, 9, 7), (0.5, None, 0.5)), ((6, 5, 4), (0.25, 0.25, 0.25)),
+             ((21, 18, 2), (None, None, 0.125))]
+    for shape, scale in cases:
+        out = _resize_torch(torch.from_numpy(volume)[None, None], shape, scale)[0, 0].numpy()
+        np.testing.assert_allclose(out, resize(volume, shape, scale), atol=1e-12)
+
+
+@pytest.mark.parametrize("n_in, k", [(197, 1), (197, 3), (233, 2), (37, 3), (29, 3), (5, 2), (16, 3), (1, 3)])
+def test_resize_maps_with_the_nominal_scale_as_imresize3(n_in, k):
+    # An independent implementation of MATLAB's imresize3 gives the same numbers: with the boundary rule of
+    # resize everywhere, with MATLAB's mirrored boundary wherever the kernel stays inside the image.
+    x = np.random.default_rng(12).random((n_in, 1, 1))
+    n_out = -(-n_in // 2**k)
+    got = resize(x, (n_out, 1, 1), (0.5**k, None, None))
+    inside = mlngm_reference.imresize3(x, 0.5**k, boundary="inside")
+    assert got.shape == inside.shape == (n_out, 1, 1)
+    np.testing.assert_allclose(got, inside, atol=1e-12)
+    mirrored = mlngm_reference.imresize3(x, 0.5**k)
+    np.testing.assert_allclose(got[3:-3], mirrored[3:-3], atol=1e-12)  # kernels 2 * 2**k samples wide
+    # Back up to the input size: per-axis scale n_out / n_in, as imresize3 given an output size.
+    y = np.random.default_rng(12).random((n_out, 3, 2))
+    expected = mlngm_reference.imresize3(y, (n_in, 3, 2), boundary="inside")
+    np.testing.assert_allclose(resize(y, (n_in, 3, 2)), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (96, 48), (32, 32, 16), (16, 24, 8)])
+def test_nominal_scale_is_the_old_map_on_sizes_divisible_by_the_factor(shape):
+    # There n_out / n_in is exactly 2**-k: the results are bit for bit those of the size-based mapping.
+    x = _blobs(shape, 13)
+    for k in (1, 2, 3):
+        level = tuple(n // 2**k for n in shape)
+        np.testing.assert_array_equal(resize(x, level, (0.5**k,) * len(shape)), resize(x, level))
+
+
+def test_resize_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="shape"):
+        resize(np.zeros((4, 4)), (2,))
+    with pytest.raises(ValueError, match="scale"):
+        resize(np.zeros((4, 4)), (2, 2), (0.5,))
+    with pytest.raises(ValueError, match="scale"):
+        resize(np.zeros((4, 4)), (2, 2), (0.5, -1.0))
+
+
+# ------------------------------------------------------------------------ the published script (port)
+ODD_AND_THIN = [(197, 233), (37, 29), (64, 48, 16), (40, 40, 5)]
+
+
+@pytest.mark.parametrize("shape", [(37, 29), (45, 51), (64, 48, 16), (40, 40, 5), (23, 17, 3)])
+def test_matches_published_port_with_the_same_boundary_rule(shape):
+    # Level sizes, coordinate mapping, gradient, normalisation and sum as the script, to float32 rounding.
+    image = _phantom(shape, 14)
+    expected = published_mlngm(image, boundary="inside")
+    np.testing.assert_allclose(mlngm(image), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", ODD_AND_THIN)
+@pytest.mark.parametrize("make", [_blobs, _disk, _phantom])
+def test_correlates_with_published_port(shape, make):
+    image = make(shape, 1)
+    assert _pearson(mlngm(image), published_mlngm(image)) >= 0.995
+
+
+@pytest.mark.parametrize("shape", [(37, 29), (40, 40, 5)])
+def test_torch_follows_the_nominal_scale_too(shape):
+    image = _phantom(shape, 15)
+    expected = mlngm(image)
+    out64 = mlngm_torch(torch.from_numpy(image)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(out64, expected, atol=1e-6)
+    out32 = mlngm_torch(torch.from_numpy(image.astype(np.float32))[None, None])[0, 0].numpy()
+    assert _pearson(out32, expected) >= 0.99
+
+
+# --------------------------------------------------------------------------------------- per-level maps
+def test_mlngm_levels_are_the_steps_of_mlngm():
+    image = _phantom((37, 29), 16)
+    maps = mlngm_levels(image)
+    assert [m["resized"].shape for m in maps] == level_shapes(image.shape)
+    for m in maps:
+        assert sorted(m) == ["gradient", "normalised", "resized", "upsampled"]
+        assert m["gradient"].shape == m["normalised"].shape == m["resized"].shape
+        assert m["upsampled"].shape == image.shape
+    np.testing.assert_array_equal(combine_levels(maps), mlngm(image))
+    np.testing.assert_array_equal(combine_levels(maps[:2]), mlngm(image, levels=2))
+    assert maps[0]["resized"].min() == 0.0 and maps[0]["resized"].max() == 1.0
+    with pytest.raises(ValueError, match="maps"):
+        combine_levels([])
+    with pytest.raises(ValueError, match="window"):
+        mlngm_levels(image, window=4)
+
+
+def test_mlngm_levels_steps_can_be_replaced():
+    image = _disk((24, 20), 17)
+    calls = []
+
+    def normalise(g, window, threshold, planar):
+        calls.append((g.shape, window, threshold, planar))
+        return g
+
+    maps = mlngm_levels(image, levels=2, window=5, threshold=0.01, gradient=np.abs, normalise=normalise)
+    assert calls == [((24, 20), 5, 0.01, True), ((12, 10), 5, 0.01, True)]
+    np.testing.assert_array_equal(maps[1]["normalised"], np.abs(maps[1]["resized"]))
 
 
 # ------------------------------------------------------------------------------------------------ torch
