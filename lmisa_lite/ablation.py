@@ -235,6 +235,12 @@ def _run_variant(variant: str, config: TrainConfig, data: Mapping[str, list[Case
             "reused": run.reused, "checkpoint": run.checkpoint}
 
 
+def _output_folder(out_dir: str | os.PathLike | None) -> Path:
+    if out_dir is None or (isinstance(out_dir, str) and not out_dir.strip()):
+        raise ValueError(f"out_dir={out_dir!r}: expected a folder for the results and checkpoints")
+    return Path(out_dir)
+
+
 def _print_progress(what: str, run: Mapping[str, Any]) -> None:
     target_dice = run["cases"].query("domain == 'target'")["dice"].mean() * 100
     how = "reused" if run["reused"] else f"trained in {run['seconds']:.0f} s"
@@ -306,13 +312,11 @@ def run_ablation(
     source, target = parse_direction(direction)
     check_dims(dims)
     check_seed(seed)
-    if out_dir is None or (isinstance(out_dir, str) and not out_dir.strip()):
-        raise ValueError(f"out_dir={out_dir!r}: expected a folder for the results and checkpoints")
+    out = _output_folder(out_dir)
     chosen = check_variants(variants)
     settings = profile_settings(profile, overrides=overrides, task=task)
     shape, _ = data_shapes(settings, dims)
     unseen_modality = UNSEEN_MODALITY[task, f"{source}2{target}"] if unseen else None
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = _make_data(task, source, target, unseen_modality, dims=dims, shape=shape, settings=settings, seed=seed)
     keys = _keys(data, {"task": task, "source": source, "target": target, "unseen_modality": unseen_modality,

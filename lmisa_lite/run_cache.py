@@ -29,8 +29,9 @@ from lmisa_lite.config import TrainConfig
 from lmisa_lite.reports import read_cases
 from lmisa_lite.training import train
 
-# Config fields that change where or how fast a run goes, not what it learns.
-VOLATILE_FIELDS = ("out_dir", "resume", "device", "progress", "amp", "num_workers")
+# Config fields that change where or how fast a run goes (at most its rounding), not what it learns.
+VOLATILE_FIELDS = ("out_dir", "resume", "device", "progress", "amp", "batched_passes", "channels_last",
+                   "num_workers")
 
 
 def fingerprint(cases: Sequence[Case]) -> str:
