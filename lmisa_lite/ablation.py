@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from data_utils.phantoms import CLASS_NAMES, MODALITIES, make_dataset
 from lmisa_lite.config import TrainConfig
 from lmisa_lite.evaluation import evaluate, write_csv
 from lmisa_lite.profiles import data_shapes, profile_settings
-from lmisa_lite.reports import ablation_markdown, plot_ablation, save_figure, summarize_ablation
+from lmisa_lite.reports import ablation_markdown, plot_ablation, save_figure, seed_means, summarize_ablation
 from lmisa_lite.run_cache import cached_cases, fingerprint, train_or_reuse, write_record
 from lmisa_lite.variants import (MODALITY_TITLES, UNSEEN_MODALITY, check_dims, check_seed, check_task,
                                  check_variants, parse_direction, variant_config)
@@ -48,8 +48,8 @@ class AblationResult:
     """What :func:`run_ablation` returns.
 
     Attributes:
-        cases: One row per variant, domain (``"target"``, ``"unseen"``), test case and class: columns
-            ``variant``, ``domain`` and those of :func:`lmisa_lite.evaluation.evaluate`.
+        cases: One row per variant, domain (``"target"``, ``"unseen"``), seed, test case and class: columns
+            ``variant``, ``domain``, ``seed`` and those of :func:`lmisa_lite.evaluation.evaluate`.
         summary: One row per variant, domain and class (plus ``mean``): ``n_cases``, ``dice`` (%),
             ``dice_std``, ``dice_nan``, ``assd`` (mm), ``assd_std``, ``assd_nan``.
         table: The markdown of ``results.md``.
@@ -64,6 +64,11 @@ class AblationResult:
         source: Source modality.
         target: Target modality.
         unseen_modality: The unseen contrast, or None when it was not evaluated.
+        seeds: The seeds run, in order; ``models``, ``configs``, ``histories``, ``seconds`` and the
+            checkpoint paths are those of the first.
+        per_seed: Per variant, domain and seed: the mean Dice (%) and ASSD over test cases
+            (:func:`lmisa_lite.reports.seed_means`).
+        runs: ``{(variant, seed): {"model", "config", "cases", "history", "seconds", "reused", "checkpoint"}}``.
     """
 
     cases: pd.DataFrame
@@ -79,6 +84,13 @@ class AblationResult:
     source: str
     target: str
     unseen_modality: str | None = None
+    seeds: list[int] = field(default_factory=list)
+    per_seed: pd.DataFrame | None = None
+    runs: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+
+# AblationResult fields keyed by variant, and the run entry each takes
+_PER_VARIANT = {"models": "model", "configs": "config", "histories": "history", "seconds": "seconds"}
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------
@@ -235,10 +247,53 @@ def _run_variant(variant: str, config: TrainConfig, data: Mapping[str, list[Case
             "reused": run.reused, "checkpoint": run.checkpoint}
 
 
+def _check_seeds(seed: int, seeds: Sequence[int] | None) -> list[int]:
+    if seeds is None:
+        check_seed(seed)
+        return [int(seed)]
+    chosen = [seeds] if np.isscalar(seeds) else list(seeds)
+    for k in chosen:
+        check_seed(k)
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"seeds={seeds!r}: expected distinct non-negative integers")
+    return [int(k) for k in chosen]
+
+
 def _output_folder(out_dir: str | os.PathLike | None) -> Path:
     if out_dir is None or (isinstance(out_dir, str) and not out_dir.strip()):
         raise ValueError(f"out_dir={out_dir!r}: expected a folder for the results and checkpoints")
     return Path(out_dir)
+
+
+def _run_seed(configs: Mapping[str, TrainConfig], data: Mapping[str, list[Case]], keys: Mapping[str, Any], *,
+              task: str, dims: int, unseen: str | None, progress: bool) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every variant of one seed (its data, keys and configs), in order; keyed ``(variant, seed)``."""
+    runs = {}
+    for i, (variant, config) in enumerate(configs.items(), 1):
+        run = _run_variant(variant, config, data, task=task, dims=dims, unseen=unseen, keys=keys)
+        runs[variant, config.seed] = {**run, "config": config}
+        if progress:
+            _print_progress(f"seed {config.seed}, {i}/{len(configs)} {variant}", run)
+    return runs
+
+
+def _pooled_cases(runs: Mapping[tuple[str, int], Mapping[str, Any]]) -> pd.DataFrame:
+    """Every run's per-case scores in one table, with a ``seed`` column after ``variant`` and ``domain``."""
+    cases = pd.concat([r["cases"].assign(seed=k) for (_, k), r in runs.items()], ignore_index=True)
+    cases.insert(2, "seed", cases.pop("seed"))
+    cases.attrs["distance_unit"] = "mm"
+    return cases
+
+
+def _fill_per_variant(result: AblationResult, *, several_seeds: bool) -> AblationResult:
+    """The per-variant fields from the first seed's runs; ``reused`` names every reused run."""
+    first = {v: r for (v, k), r in result.runs.items() if k == result.seeds[0]}
+    for name, key in _PER_VARIANT.items():
+        setattr(result, name, {v: r[key] for v, r in first.items()})
+    result.paths.update({v: r["checkpoint"] for v, r in first.items()})
+    result.reused = [v if not several_seeds else f"{v} (seed {k})" for (v, k), r in result.runs.items()
+                     if r["reused"]]
+    return result
 
 
 def _print_progress(what: str, run: Mapping[str, Any]) -> None:
@@ -248,7 +303,7 @@ def _print_progress(what: str, run: Mapping[str, Any]) -> None:
 
 
 def _write_reports(out: Path, cases: pd.DataFrame, summary: pd.DataFrame, table: str, *, title: str,
-                   target: str, unseen: str | None) -> dict[str, Path]:
+                   target: str, unseen: str | None, per_seed: pd.DataFrame | None = None) -> dict[str, Path]:
     """``results.csv``, ``results.md`` and ``dice_by_variant.png`` in ``out``; returns their paths."""
     from matplotlib.figure import Figure
 
@@ -259,7 +314,10 @@ def _write_reports(out: Path, cases: pd.DataFrame, summary: pd.DataFrame, table:
     fig = Figure(figsize=(7, 3.6))
     legend = {"target": f"target: {MODALITY_TITLES[target]}",
               "unseen": f"unseen: {MODALITY_TITLES.get(unseen, '')}"}
-    plot_ablation(summary, ax=fig.add_subplot(), domain_labels=legend, title=title)
+    plot_ablation(summary, ax=fig.add_subplot(), domain_labels=legend, title=title, per_seed=per_seed)
+    if per_seed is not None:
+        write_csv(per_seed, out / "results_by_seed.csv")
+        paths["results_by_seed_csv"] = out / "results_by_seed.csv"
     save_figure(fig, paths["chart"])
     return paths
 
@@ -272,13 +330,14 @@ def run_ablation(
     profile: str = "standard",
     out_dir: str | os.PathLike,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     variants: str | Iterable[str] | None = None,
     progress: bool = True,
     unseen: bool = True,
     overrides: Mapping[str, Any] | None = None,
     device: str = "auto",
 ) -> AblationResult:
-    """Train and score the LMISA ablation variants on phantoms, on the same data and seed.
+    """Train and score the LMISA ablation variants on phantoms: for each seed, every variant on the same data.
 
     Args:
         task: ``"kidney"`` or ``"heart"``.
@@ -287,7 +346,10 @@ def run_ablation(
         dims: 2 (images) or 3 (volumes, trained on patches).
         profile: ``"quick"``, ``"standard"`` or ``"paper"`` (:data:`lmisa_lite.profiles.ABLATION`).
         out_dir: Folder for the results and the variants' checkpoints; reused variants are read from it.
-        seed: Seeds the data sets and every variant's training.
+        seed: Seeds the data sets and every variant's training (when ``seeds`` is None).
+        seeds: Several seeds: each draws its own data sets and initialisation and trains every variant into
+            ``out_dir/seed<k>/<variant>``; results per seed, their mean +- sd and the paired per-seed
+            differences go into the tables and the chart. None: the one ``seed``, in ``out_dir/<variant>``.
         variants: Keys of :data:`~lmisa_lite.variants.VARIANTS` (one name or several), in the order to report
             them; None runs all.
         progress: Show a progress bar per training run and one line per variant.
@@ -311,36 +373,31 @@ def run_ablation(
     check_task(task)
     source, target = parse_direction(direction)
     check_dims(dims)
-    check_seed(seed)
+    seed_list = _check_seeds(seed, seeds)
     out = _output_folder(out_dir)
     chosen = check_variants(variants)
     settings = profile_settings(profile, overrides=overrides, task=task)
     shape, _ = data_shapes(settings, dims)
     unseen_modality = UNSEEN_MODALITY[task, f"{source}2{target}"] if unseen else None
     out.mkdir(parents=True, exist_ok=True)
-    data = _make_data(task, source, target, unseen_modality, dims=dims, shape=shape, settings=settings, seed=seed)
-    keys = _keys(data, {"task": task, "source": source, "target": target, "unseen_modality": unseen_modality,
-                        "dims": dims, "profile": profile, "seed": seed, "shape": list(shape)})
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for k in seed_list:
+        data = _make_data(task, source, target, unseen_modality, dims=dims, shape=shape, settings=settings, seed=k)
+        keys = _keys(data, {"task": task, "source": source, "target": target, "unseen_modality": unseen_modality,
+                            "dims": dims, "profile": profile, "seed": k, "shape": list(shape)})
+        root = out if seeds is None else out / f"seed{k}"  # one seed as before: <out>/<variant>
+        configs = {v: variant_config(v, task, dims=dims, profile=profile, overrides=overrides, seed=k,
+                                     out_dir=root / v, device=device, progress=progress) for v in chosen}
+        runs.update(_run_seed(configs, data, keys, task=task, dims=dims, unseen=unseen_modality, progress=progress))
 
-    runs, configs = {}, {}
-    for i, variant in enumerate(chosen, 1):
-        configs[variant] = variant_config(variant, task, dims=dims, profile=profile, overrides=overrides,
-                                          seed=seed, out_dir=out / variant, device=device, progress=progress)
-        runs[variant] = _run_variant(variant, configs[variant], data, task=task, dims=dims,
-                                     unseen=unseen_modality, keys=keys)
-        if progress:
-            _print_progress(f"{i}/{len(chosen)} {variant}", runs[variant])
-
-    cases = pd.concat([r["cases"] for r in runs.values()], ignore_index=True)
-    cases.attrs["distance_unit"] = "mm"
-    summary = summarize_ablation(cases)
-    table = ablation_markdown(summary, task=task, source=source, target=target, unseen=unseen_modality,
-                              dims=dims, profile=profile, seed=seed, settings=settings, shape=shape)
+    cases = _pooled_cases(runs)
+    summary, per_seed = summarize_ablation(cases), seed_means(cases)
+    table = ablation_markdown(summary, task=task, source=source, target=target, unseen=unseen_modality, dims=dims,
+                              profile=profile, seed=seed_list, settings=settings, shape=shape, per_seed=per_seed)
     title = f"{task}, {MODALITY_TITLES[source]} → {MODALITY_TITLES[target]} ({dims}D, {profile})"
-    paths = _write_reports(out, cases, summary, table, title=title, target=target, unseen=unseen_modality)
-    paths.update({v: r["checkpoint"] for v, r in runs.items()})
-    return AblationResult(cases=cases, summary=summary, table=table, configs=configs,
-                          models={v: r["model"] for v, r in runs.items()}, histories={v: r["history"] for v, r in runs.items()},
-                          seconds={v: r["seconds"] for v, r in runs.items()},
-                          reused=[v for v, r in runs.items() if r["reused"]], paths=paths, task=task,
-                          source=source, target=target, unseen_modality=unseen_modality)
+    paths = _write_reports(out, cases, summary, table, title=title, target=target, unseen=unseen_modality,
+                           per_seed=per_seed)
+    result = AblationResult(cases=cases, summary=summary, table=table, models={}, configs={}, histories={},
+                            seconds={}, reused=[], paths=paths, task=task, source=source, target=target,
+                            unseen_modality=unseen_modality, seeds=seed_list, per_seed=per_seed, runs=runs)
+    return _fill_per_variant(result, several_seeds=seeds is not None)

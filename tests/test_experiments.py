@@ -321,3 +321,41 @@ def test_a_second_identical_run_reuses_every_variant(tiny_ablation):
     )
     assert changed.reused == [] and set(changed.cases["domain"]) == {"target"}
     assert "Unseen domain" not in (Path(out) / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_seeds_train_every_variant_per_seed_and_report_the_spread(tmp_path):
+    chosen = ["source_only_mlngm", "lmisa"]
+    result = run_ablation("kidney", "ct2mri", profile="quick", out_dir=tmp_path, overrides=TINY, progress=False,
+                          device="cpu", variants=chosen, seeds=(0, 1), unseen=False)
+    assert result.seeds == [0, 1] and set(result.runs) == {(v, k) for v in chosen for k in (0, 1)}
+    for (variant, k), run in result.runs.items():
+        assert run["config"].seed == k and (tmp_path / f"seed{k}" / variant / "run.json").is_file()
+    # each seed draws its own test subjects
+    ids = result.cases.groupby("seed")["case_id"].apply(set)
+    assert not ids[0] & ids[1]
+    per_seed = result.per_seed
+    assert len(per_seed) == 4 and set(per_seed["seed"]) == {0, 1}
+    one = result.cases[(result.cases["variant"] == "lmisa") & (result.cases["seed"] == 1)]
+    want = per_seed.query("variant == 'lmisa' and seed == 1")["dice"].item()
+    assert want == pytest.approx(one["dice"].mean() * 100)  # one structure: the mean over cases
+    assert "Over seeds" in result.table and "Paired per-seed differences" in result.table
+    back = pd.read_csv(tmp_path / "results_by_seed.csv")
+    assert back[["variant", "seed"]].values.tolist() == per_seed[["variant", "seed"]].values.tolist()
+    assert list(result.models) == chosen and result.configs["lmisa"].seed == 0  # the first seed's runs
+    with pytest.raises(ValueError, match="seeds"):
+        run_ablation("kidney", "ct2mri", profile="quick", out_dir=tmp_path, seeds=(1, 1))
+
+
+def test_paired_differences_and_spread_over_seeds():
+    from lmisa_lite.reports import over_seeds, paired_differences, seeds_markdown
+
+    per_seed = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3, "domain": ["target"] * 6,
+                             "seed": [0, 1, 2] * 2, "dice": [50.0, 60.0, 70.0, 55.0, 59.0, 80.0]})
+    spread = over_seeds(per_seed).set_index("variant")
+    assert spread.loc["a", "dice"] == 60.0 and spread.loc["a", "dice_sd"] == pytest.approx(10.0)
+    (row,) = paired_differences(per_seed).to_dict("records")
+    assert (row["variant"], row["versus"], row["wins"], row["per_seed"]) == ("b", "a", 2, [5.0, -1.0, 10.0])
+    assert row["mean"] == pytest.approx(14 / 3)
+    text = seeds_markdown(per_seed)
+    assert "| `b` | `a` | target | +4.7 ± 5.5 | 2/3 | +5.0, -1.0, +10.0 |" in text
