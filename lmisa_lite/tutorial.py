@@ -4,10 +4,14 @@ Each notebook has a ``parameters`` cell of plain literals and a ``profile`` para
 applies the profile's values (:mod:`lmisa_lite.profiles`). :func:`run_tutorial` passes ``profile`` and
 ``out_dir`` (where notebooks write their artefacts) to every notebook, and writes, for each notebook, the
 executed copy and an HTML rendering, then ``metrics.json`` (the numbers every notebook recorded with
-:func:`record_metrics`) and an ``index.html`` that links them.
+:func:`record_metrics`) and ``index.html``, the run's landing page: what the tutorial is, each notebook's
+title, time and status with links, the key figures, the results tables, the environment and the recorded
+numbers.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import html
 import itertools
 import json
@@ -23,6 +27,11 @@ from lmisa_lite.profiles import PROFILE_ENV, PROFILE_NAMES, resolve_profile
 
 PROFILES = PROFILE_NAMES  # the profile names, as this module has always called them
 METRICS_DIR = "metrics"
+#: Set for the kernels the runner starts. An executed copy cannot keep a live progress bar (the saved widget
+#: shows its first state, "0%"), so tqdm (4.66 or later reads these) draws none there: TQDM_DISABLE turns off
+#: the bars that leave ``disable`` to tqdm, and the delay those that set it, since tqdm draws no bar before its
+#: delay has passed. Opened in JupyterLab, the notebooks keep their live bars.
+KERNEL_ENVIRONMENT = {"TQDM_DISABLE": "1", "TQDM_DELAY": "1e9"}
 
 
 def default_notebooks_dir() -> Path:
@@ -115,6 +124,21 @@ def _failure_text(err: BaseException) -> str:
     return "\n".join(parts)
 
 
+@contextlib.contextmanager
+def _temporary_environ(values: dict[str, str]):
+    """Set environment variables for the duration of a ``with`` block, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_notebook(
     notebook: Path,
     out_dir: Path,
@@ -137,30 +161,25 @@ def run_notebook(
     params = {"out_dir": str(out_dir.resolve() / "artifacts"), **(parameters or {})}
     if "profile" in declared:
         params = {"profile": profile, **params}
-    # The kernel's environment names the profile too, for code that reads it outside the parameters.
-    env_before = os.environ.get(PROFILE_ENV)
-    os.environ[PROFILE_ENV] = profile
     start = time.perf_counter()
-    try:
-        pm.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters=params,
-            cwd=str(notebook.parent),
-            kernel_name="python3",
-            progress_bar=False,
-        )
-    except Exception as err:  # papermill raises PapermillExecutionError for failing cells
-        text = _failure_text(err)
-        atomic_write_text(executed.with_suffix(".error.txt"), text)
-        if html_report and executed.exists():
-            _render_html(executed)
-        raise RuntimeError(f"{notebook.name} failed (executed copy: {executed}).\n{text}") from err
-    finally:
-        if env_before is None:
-            os.environ.pop(PROFILE_ENV, None)
-        else:
-            os.environ[PROFILE_ENV] = env_before
+    # The kernel inherits this process's environment: it names the profile too (for code that reads it outside
+    # the parameters) and turns progress bars off (KERNEL_ENVIRONMENT).
+    with _temporary_environ({PROFILE_ENV: profile, **KERNEL_ENVIRONMENT}):
+        try:
+            pm.execute_notebook(
+                str(notebook),
+                str(executed),
+                parameters=params,
+                cwd=str(notebook.parent),
+                kernel_name="python3",
+                progress_bar=False,
+            )
+        except Exception as err:  # papermill raises PapermillExecutionError for failing cells
+            text = _failure_text(err)
+            atomic_write_text(executed.with_suffix(".error.txt"), text)
+            if html_report and executed.exists():
+                _render_html(executed)
+            raise RuntimeError(f"{notebook.name} failed (executed copy: {executed}).\n{text}") from err
     seconds = time.perf_counter() - start
     html_path = _render_html(executed) if html_report else None
     return {
@@ -172,7 +191,139 @@ def run_notebook(
     }
 
 
-def _index_html(records: list[dict[str, Any]], metrics: dict[str, Any], *, profile: str, results_md: str | None) -> str:
+#: The landing page's opening paragraph (HTML).
+INTRODUCTION = (
+    "lmisa-lite re-implements LMISA (Jafari, Francis, Garibaldi and Chen, <i>Medical Image Analysis</i> 81, 2022, "
+    '<a href="https://doi.org/10.1016/j.media.2022.102536">doi:10.1016/j.media.2022.102536</a>) in PyTorch and '
+    "teaches it in a series of notebooks. LMISA segments images of a modality it has no labels for (say MRI) "
+    "after training on labelled images of another (CT): the network sees multi-level normalised gradient "
+    "magnitude (MLNGM) maps instead of raw intensities, reconstructs its input alongside the segmentation, and a "
+    "shape critic pushes its predictions on the unlabelled modality towards plausible anatomy. The data are "
+    "synthetic phantoms, each subject rendered as CT and as MRI, so every notebook runs on a laptop CPU. This "
+    "page reports one run of all the notebooks by <code>lmisa-lite tutorial</code>."
+)
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;line-height:1.45;
+color:#222}h1{margin-bottom:.2em}table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f3f3f3}
+td.num{text-align:right}.ok{color:#1a7f37;font-weight:bold}.failed{color:#c62828;font-weight:bold}
+.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(26em,1fr));gap:1.2em}
+figure{margin:0;border:1px solid #ddd;padding:.5em}figure img{max-width:100%}
+figcaption{font-size:.9em;margin-top:.3em}.muted{color:#666;font-size:.9em}pre{background:#f6f6f6;padding:1em}"""
+
+
+def _notebook_title(path: Path) -> str:
+    """The text of a notebook's first markdown heading (``# 01 · ...``), or its file name without suffix."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError):
+        return path.stem
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", "")).splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return path.stem
+
+
+def _pictures(executed: Path) -> list[str]:
+    """The PNG outputs (base64, as stored) of the cells tagged ``key-figure``, else the first PNG output."""
+    try:
+        cells = json.loads(executed.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError):
+        return []
+    found = [("key-figure" in cell.get("metadata", {}).get("tags", []), "".join(png).replace("\n", ""))
+             for cell in cells for output in cell.get("outputs", [])
+             if (png := output.get("data", {}).get("image/png"))]
+    return [png for tagged, png in found if tagged] or [png for _, png in found[:1]]
+
+
+def _figure_html(png_base64: str, caption: str, link: str | None = None) -> str:
+    image = f'<img src="data:image/png;base64,{png_base64}" alt="{html.escape(caption)}">'
+    if link:
+        image = f'<a href="{html.escape(link)}">{image}</a>'
+    return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
+
+
+def _key_figures(records: list[dict[str, Any]], out_dir: Path) -> str:
+    """Per notebook, the PNGs it saved as ``artifacts/figures/<notebook>*.png``, else the pictures of its cells
+    tagged ``key-figure``, else its first picture; then the other PNGs of ``artifacts/figures/`` and the ablation
+    charts (``dice_by_variant.png``)."""
+    artifacts = out_dir / "artifacts"
+    saved = sorted((artifacts / "figures").glob("*.png"))
+    used: set[Path] = set()
+    cards = []
+    for rec in records:
+        stem = Path(rec["notebook"]).stem
+        link = rec.get("html") or rec["executed"]
+        caption = f'<a href="{html.escape(link)}">{html.escape(rec.get("title", stem))}</a>'
+        own = [path for path in saved if path.name.startswith(stem)]
+        used.update(own)
+        pictures = [base64.b64encode(path.read_bytes()).decode() for path in own]
+        pictures = pictures or _pictures(out_dir / rec["executed"])
+        cards += [_figure_html(png, caption, link) for png in pictures]
+    extra = [path for path in saved if path not in used]
+    charts = sorted(artifacts.rglob("dice_by_variant.png"))
+    for path in extra + charts:
+        name = path.parent.name.replace("_", " ") if path in charts else path.stem.replace("_", " ")
+        caption = f"Ablation: mean Dice (%) per variant, {html.escape(name)}" if path in charts else html.escape(name)
+        cards.append(_figure_html(base64.b64encode(path.read_bytes()).decode(), caption,
+                                  path.relative_to(out_dir).as_posix()))
+    return f'<h2>Key figures</h2><div class="figures">{"".join(cards)}</div>' if cards else ""
+
+
+def _results_html(out_dir: Path) -> str:
+    """``artifacts/results.md`` (notebook 06's ablation tables; else any ``results.md`` below) as HTML."""
+    artifacts = out_dir / "artifacts"
+    paths = [artifacts / "results.md"] if (artifacts / "results.md").is_file() else sorted(artifacts.rglob("results.md"))
+    if not paths:
+        return ""
+    text = "\n\n".join(path.read_text(encoding="utf-8") for path in paths)
+    text = "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())  # below h2
+    try:
+        import mistune  # nbconvert's markdown renderer
+    except ImportError:
+        body = f"<pre>{html.escape(text)}</pre>"
+    else:
+        body = mistune.create_markdown(escape=True, plugins=["table"])(text)
+    return f"<h2>Results</h2>{body}"
+
+
+def _metrics_html(metrics: dict[str, Any]) -> str:
+    """metrics.json (without the run's own record) as rows of notebook, measure and value."""
+    import pandas as pd
+
+    numbers = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    if not numbers:
+        return ""
+    flat = pd.json_normalize(numbers, sep=".").iloc[0]
+    rows, previous = [], None
+    for key, value in flat.items():
+        notebook, _, measure = key.partition(".")
+        rows.append(("" if notebook == previous else notebook, measure,
+                     f"{value:.4g}" if isinstance(value, float) else str(value)))
+        previous = notebook
+    table = pd.DataFrame(rows, columns=["notebook", "measure", "value"])
+    note = ("<p class=\"muted\">The numbers each notebook recorded, as <code>metrics.json</code> holds them "
+            "(outside checks read that file, so its units stay as recorded: Dice there is a fraction of 1, except "
+            "in the ablation summaries, <code>mean_dice</code>, which are in percent like the tables above).</p>")
+    return (f"<h2>Recorded numbers</h2>{note}<details><summary>{len(rows)} numbers from "
+            f"{len(numbers)} notebooks</summary>{table.to_html(index=False)}</details>")
+
+
+def _environment_html() -> str:
+    from lmisa_lite.environment import environment
+
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in environment().items())
+    return f"<h2>Environment</h2><table>{rows}</table>"
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def _index_html(records: list[dict[str, Any]], metrics: dict[str, Any], *, profile: str, out_dir: Path) -> str:
+    """The run's landing page (see the module's docstring); figures are embedded, so the page stands alone."""
     rows = []
     for rec in records:
         links = [f'<a href="{html.escape(rec["executed"])}">notebook</a>']
@@ -180,19 +331,28 @@ def _index_html(records: list[dict[str, Any]], metrics: dict[str, Any], *, profi
             links.append(f'<a href="{html.escape(rec["html"])}">HTML</a>')
         if rec.get("error"):
             links.append(f'<a href="{html.escape(rec["error"])}">error</a>')
-        rows.append(
-            f"<tr><td>{html.escape(rec['notebook'])}</td><td>{rec['status']}</td>"
-            f"<td>{rec.get('seconds', '')}</td><td>{' · '.join(links)}</td></tr>"
-        )
-    results = f"<h2>Results</h2><pre>{html.escape(results_md)}</pre>" if results_md else ""
+        title = html.escape(rec.get("title") or rec["notebook"])
+        if rec.get("html"):
+            title = f'<a href="{html.escape(rec["html"])}">{title}</a>'
+        seconds = _duration(rec["seconds"]) if rec.get("seconds") is not None else ""
+        rows.append(f'<tr><td>{title}</td><td class="num">{seconds}</td>'
+                    f'<td class="{rec["status"]}">{rec["status"]}</td><td>{" · ".join(links)}</td></tr>')
+    total = sum(rec.get("seconds") or 0 for rec in records)
+    finished = time.strftime("%Y-%m-%d %H:%M")
+    summary = (f"Profile <b>{html.escape(profile)}</b> · {len(records)} notebook{'s' * (len(records) != 1)} · "
+               f"{_duration(total)} in all · finished {finished}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lmisa-lite tutorial ({html.escape(profile)})</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
-<body><h1>lmisa-lite tutorial run</h1><p>Profile: <b>{html.escape(profile)}</b></p>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>files</th></tr>
-{''.join(rows)}</table>{results}
-<h2>Metrics</h2><pre>{html.escape(json.dumps(metrics, indent=2))}</pre></body></html>
+<style>{_STYLE}</style></head>
+<body><h1>lmisa-lite tutorial</h1><p class="muted">{summary}</p><p>{INTRODUCTION}</p>
+<h2>Notebooks</h2>
+<table><tr><th>notebook</th><th>time</th><th>status</th><th>files</th></tr>
+{''.join(rows)}</table>
+{_key_figures(records, out_dir)}
+{_results_html(out_dir)}
+{_environment_html()}
+{_metrics_html(metrics)}
+</body></html>
 """
 
 
@@ -231,22 +391,22 @@ def run_tutorial(
     failure: RuntimeError | None = None
     for nb in notebooks:
         print(f"[lmisa-lite] running {nb.name} (profile {profile}) ...", flush=True)
+        title = _notebook_title(nb)
         try:
             rec = run_notebook(nb, out_dir, profile=profile, parameters=parameters, html_report=html_report)
         except RuntimeError as err:
             failure = err
-            records.append({"notebook": nb.name, "executed": nb.name, "status": "failed",
+            html_name = nb.with_suffix(".html").name
+            records.append({"notebook": nb.name, "title": title, "executed": nb.name, "status": "failed",
                             "error": nb.with_suffix(".error.txt").name,
-                            "html": nb.with_suffix(".html").name if html_report else None})
+                            "html": html_name if html_report and (out_dir / html_name).exists() else None})
             break
         print(f"[lmisa-lite]   done in {rec['seconds']} s", flush=True)
-        records.append(rec)
+        records.append({**rec, "title": title})
     metrics = _collect_metrics(out_dir / "artifacts")
     metrics["_run"] = {"profile": profile, "notebooks": records}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    results_md_path = out_dir / "artifacts" / "results.md"
-    results_md = results_md_path.read_text(encoding="utf-8") if results_md_path.exists() else None
-    atomic_write_text(out_dir / "index.html", _index_html(records, metrics, profile=profile, results_md=results_md))
+    atomic_write_text(out_dir / "index.html", _index_html(records, metrics, profile=profile, out_dir=out_dir))
     if failure is not None:
         raise failure
     return out_dir
