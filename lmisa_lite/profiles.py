@@ -62,7 +62,7 @@ NOTEBOOKS: dict[str, dict[str, dict[str, Any]]] = {
         "base_filters": {"quick": 4, "standard": 8, "paper": 16},
     },
     "05_domain_adaptation_analysis": {
-        "n_latent": {"quick": 4, "standard": 24, "paper": 60},
+        "n_latent": {"quick": 8, "standard": 24, "paper": 60},
     },
     "06_ablation_and_unseen_domain": {
         # (task, direction) pairs; the paper profile runs both directions of both tasks

@@ -1,4 +1,4 @@
-"""Tests for lmisa_lite.latent: bottleneck features, PCA and t-SNE embeddings, domain classifier, plotting."""
+"""Tests for lmisa_lite.latent: bottleneck features, embeddings, domain classifier, CKA, shifts, plotting."""
 
 from __future__ import annotations
 
@@ -6,15 +6,20 @@ import numpy as np
 import pytest
 import torch
 
+from data_utils.phantoms import make_phantom
 from lmisa_lite.latent import (
     bottleneck_features,
+    domain_alignment,
     domain_classifier_accuracy,
     embed_pca,
     embed_tsne,
+    foreground_shift,
+    linear_cka,
     plot_latent,
     proxy_a_distance,
 )
 from lmisa_lite.networks import LMISANet
+from lmisa_lite.preprocessing import model_input
 
 # A classifier that does not converge or a 0/0 in the embeddings would make the numbers below meaningless.
 pytestmark = [
@@ -95,6 +100,78 @@ def test_proxy_a_distance():
     assert proxy_a_distance(0.25) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="acc"):
         proxy_a_distance(1.2)
+
+
+# ---- linear CKA --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("debiased", [True, False])
+def test_cka_of_identical_features_is_one(debiased):
+    x = np.random.default_rng(0).normal(size=(24, 64))
+    assert linear_cka(x, x, debiased=debiased) == pytest.approx(1.0)
+
+
+def test_cka_of_unrelated_features_is_near_zero():
+    rng = np.random.default_rng(1)
+    # As many channels as samples: the plain estimate is biased far above 0, the debiased one is not.
+    wide = [linear_cka(rng.normal(size=(24, 64)), rng.normal(size=(24, 64))) for _ in range(10)]
+    assert abs(np.mean(wide)) < 0.05 and max(abs(v) for v in wide) < 0.2
+    assert linear_cka(rng.normal(size=(24, 64)), rng.normal(size=(24, 64)), debiased=False) > 0.5
+    # With many more samples than channels both estimates are near 0.
+    x, y = rng.normal(size=(600, 4)), rng.normal(size=(600, 4))
+    assert abs(linear_cka(x, y)) < 0.03 and linear_cka(x, y, debiased=False) < 0.03
+
+
+@pytest.mark.parametrize("debiased", [True, False])
+def test_cka_ignores_orthogonal_transforms_isotropic_scaling_and_shifts(debiased):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 12))
+    y = x @ rng.normal(size=(12, 12)) + rng.normal(size=(30, 12))  # related, not equal
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    reference = linear_cka(x, y, debiased=debiased)
+    assert 0.1 < reference < 0.99
+    assert linear_cka(x @ q, y, debiased=debiased) == pytest.approx(reference, abs=1e-10)
+    assert linear_cka(x, 7.5 * y + 3.0, debiased=debiased) == pytest.approx(reference, abs=1e-10)
+    assert linear_cka(y, x, debiased=debiased) == pytest.approx(reference, abs=1e-10)
+    # an anisotropic scaling is not a symmetry of CKA
+    assert linear_cka(x * np.logspace(0, 2, 12), y, debiased=debiased) != pytest.approx(reference, abs=1e-3)
+
+
+def test_plain_cka_matches_its_formula_and_grows_with_shared_signal():
+    rng = np.random.default_rng(3)
+    x, noise = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    y = x + noise
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    assert linear_cka(x, y, debiased=False) == pytest.approx(expected)
+    values = [linear_cka(x, x + s * noise) for s in (0.2, 1.0, 5.0)]
+    assert values[0] > values[1] > values[2]
+
+
+def test_cka_edge_cases_and_bad_input():
+    x = np.random.default_rng(4).normal(size=(6, 3))
+    assert linear_cka(x, np.ones((6, 3))) == 0.0  # no variance
+    assert linear_cka(x, x[:, :1]) < 1.0  # different channel counts are allowed
+    with pytest.raises(ValueError, match="rows"):
+        linear_cka(x, x[:5])
+    with pytest.raises(ValueError, match="N >= 4"):
+        linear_cka(x[:3], x[:3])
+    assert linear_cka(x[:3], x[:3], debiased=False) == pytest.approx(1.0)
+
+
+# ---- foreground shift --------------------------------------------------------------------------------------
+def test_foreground_shift_measures_the_move_in_units_of_the_organ_background_distance():
+    rng = np.random.default_rng(5)
+    background = rng.normal(0.0, 0.1, (20, 4))
+    organ = rng.normal(0.0, 0.1, (20, 4)) + [2.0, 0.0, 0.0, 0.0]
+    assert foreground_shift(organ, organ, background) == 0.0
+    moved = organ + [0.0, 1.0, 0.0, 0.0]  # moved by half the organ-background distance, sideways
+    expected = 1.0 / np.linalg.norm(organ.mean(0) - background.mean(0))
+    assert foreground_shift(organ, moved, background) == pytest.approx(expected)
+    assert foreground_shift(organ, background, background) == pytest.approx(1.0)
+    assert foreground_shift(organ, moved[:5], background[:3]) > 0  # sizes may differ
+    assert foreground_shift(background, background, background) == 0.0
+    assert foreground_shift(background, organ, background) == float("inf")
+    with pytest.raises(ValueError, match="channel"):
+        foreground_shift(organ, moved[:, :3], background)
 
 
 # ---- embeddings --------------------------------------------------------------------------------------------
@@ -198,6 +275,62 @@ def test_bottleneck_features_reject_bad_input(tiny_net):
         )
 
 
+def test_bottleneck_features_pool_inside_masks(tiny_net):
+    images = np.random.default_rng(2).normal(size=(3, 32, 32)).astype(np.float32)
+    whole = bottleneck_features(tiny_net, images, device="cpu")
+    ones = np.ones_like(images, dtype=bool)
+    np.testing.assert_allclose(bottleneck_features(tiny_net, images, device="cpu", masks=ones), whole, rtol=1e-5)
+    # a mask covering one 4 x 4 block (depth 3: 2**2 pixels per bottleneck position) picks that position
+    mask = np.zeros_like(images)
+    mask[:, 8:12, 4:8] = 1.0
+    tiny_net.eval()
+    with torch.no_grad():
+        h = tiny_net.encode(torch.from_numpy(images)[:, None]).numpy()
+    np.testing.assert_allclose(bottleneck_features(tiny_net, images, device="cpu", masks=mask), h[:, :, 2, 1],
+                               rtol=1e-5, atol=1e-6)
+    # half a block weighs that position by half, relative to a full one elsewhere
+    mask[:, 8:10, 4:8], mask[:, 0:4, 0:4] = 0.0, 1.0
+    expected = (0.5 * h[:, :, 2, 1] + h[:, :, 0, 0]) / 1.5
+    np.testing.assert_allclose(bottleneck_features(tiny_net, list(images), device="cpu", masks=list(mask)),
+                               expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bottleneck_features_masks_on_padded_images_and_bad_masks(tiny_net):
+    images = np.random.default_rng(3).normal(size=(2, 30, 27)).astype(np.float32)
+    ones = np.ones(images.shape, bool)
+    np.testing.assert_allclose(bottleneck_features(tiny_net, images, device="cpu", masks=ones).shape, (2, 32))
+    with pytest.raises(ValueError, match="masks"):
+        bottleneck_features(tiny_net, images, device="cpu", masks=ones[:, :-1])
+    with pytest.raises(ValueError, match="empty"):
+        bottleneck_features(tiny_net, images, device="cpu", masks=np.zeros(images.shape, bool))
+    with pytest.raises(ValueError, match="pool='mean'"):
+        bottleneck_features(tiny_net, images, device="cpu", masks=ones, pool="max")
+
+
+def test_domain_alignment_on_paired_phantoms(tiny_net):
+    ct = [make_phantom("kidney", "ct", dims=2, shape=(32, 32), seed=k) for k in range(5)]
+    mri = [make_phantom("kidney", "mri", dims=2, shape=(32, 32), seed=k) for k in range(5)]
+    result = domain_alignment(tiny_net, ct, mri, names=("CT", "MRI"), folds=3, device="cpu")
+    assert set(result.scores) == {"domain_accuracy", "proxy_a_distance", "cka", "foreground_shift"}
+    assert result.features.shape == (10, 32) and result.domains == ["CT"] * 5 + ["MRI"] * 5
+    xs = bottleneck_features(tiny_net, [model_input(tiny_net, c.image) for c in ct], device="cpu")
+    xt = bottleneck_features(tiny_net, [model_input(tiny_net, c.image) for c in mri], device="cpu")
+    np.testing.assert_allclose(result.features, np.concatenate([xs, xt]), rtol=1e-6)
+    assert result.scores["cka"] == pytest.approx(linear_cka(xs, xt))
+    accuracy = domain_classifier_accuracy(result.features, result.domains, folds=3)
+    assert result.scores["domain_accuracy"] == accuracy
+    assert result.scores["proxy_a_distance"] == pytest.approx(proxy_a_distance(accuracy))
+    assert result.scores["foreground_shift"] >= 0
+    # the same images in both "domains": perfectly aligned
+    same = domain_alignment(tiny_net, ct[:4], ct[:4], folds=2, device="cpu").scores
+    assert same["cka"] == pytest.approx(1.0)
+    assert same["foreground_shift"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="subjects"):
+        domain_alignment(tiny_net, ct, mri[:4], device="cpu")
+    with pytest.raises(ValueError, match="subjects"):
+        domain_alignment(tiny_net, ct[:3], mri[:3], device="cpu")
+
+
 # ---- plotting ----------------------------------------------------------------------------------------------
 def test_plot_latent_draws_one_series_per_domain():
     x, domains = two_domains(2.0, n=5)
@@ -209,3 +342,11 @@ def test_plot_latent_draws_one_series_per_domain():
         plot_latent(np.zeros((4, 3)), domains[:4])
     with pytest.raises(ValueError, match="domains"):
         plot_latent(np.zeros((4, 2)), domains)
+
+
+def test_plot_latent_joins_pairs():
+    x, domains = two_domains(2.0, n=4)
+    ax = plot_latent(embed_pca(x), domains, paired=True)
+    assert len(ax.lines) == 4
+    with pytest.raises(ValueError, match="paired"):
+        plot_latent(np.zeros((3, 2)), ["a", "a", "b"], paired=True)

@@ -15,6 +15,7 @@ from matplotlib.transforms import Bbox
 from PIL import ImageFont
 
 from lmisa_lite.mlngm import mlngm
+from lmisa_lite.montage import case_montage, montage_figure, montage_slices
 from lmisa_lite.widgets import (
     CLASS_COLOURS,
     SliceViewer,
@@ -158,6 +159,65 @@ def test_static_montage_has_n_axes_per_panel(volume, label):
     np.testing.assert_array_equal(sagittal.axes[0].images[0].get_array(), volume[4].T)  # linspace(0, 11, 4)
     with pytest.raises(ValueError, match="axis"):
         viewer.static_montage(axis=3)
+
+
+def test_montage_slices_spread_evenly_or_show_every_entry():
+    assert montage_slices(12, 4).tolist() == [2, 4, 7, 9]  # fewer than all: both ends left out
+    assert montage_slices(4, 4).tolist() == [0, 1, 2, 3]  # as many as there are: first and last included
+    assert montage_slices(3, 10).tolist() == [0, 1, 2]
+    assert montage_slices(1, 1).tolist() == [0]
+
+
+def test_montage_figure_takes_chosen_slices_titles_and_per_slice_contrast(volume):
+    stack = volume * np.array([1.0, 10.0, 100.0, 1000.0, 1.0, 1.0, 1.0, 1.0])  # each entry its own scale
+    common = {"axis": 2, "titles": ["cases"], "clims": [(0.0, 1.0)], "cmap": "gray", "opacity": 0.4,
+              "class_names": {}, "num_classes": 2}
+    fig = montage_figure([stack], [[]], n=99, index=[3, 0, 1], slice_titles=[["worst", "next", "third"]],
+                         slice_percentiles=(1, 99), **common)
+    assert [ax.get_title() for ax in fig.axes] == ["cases\nworst", "cases\nnext", "cases\nthird"]
+    for ax, k in zip(fig.axes, [3, 0, 1]):
+        np.testing.assert_array_equal(ax.images[0].get_array(), stack[:, :, k].T)
+        assert ax.images[0].get_clim() == pytest.approx(tuple(np.percentile(stack[:, :, k], [1, 99])))
+    shared = montage_figure([stack], [[]], n=2, **common)
+    assert [ax.images[0].get_clim() for ax in shared.axes] == [(0.0, 1.0)] * 2
+    with pytest.raises(ValueError, match="index"):
+        montage_figure([stack], [[]], n=2, index=[8], **common)
+    with pytest.raises(ValueError, match="slice_titles"):
+        montage_figure([stack], [[]], n=2, slice_titles=[["one"]], **common)
+
+
+def test_case_montage_shows_cases_in_order_with_their_scores_and_own_contrast(volume, label):
+    cases = [f"case_s{k:04d}" for k in range(SHAPE[2])]
+    scale = np.arange(1, SHAPE[2] + 1) ** 3.0
+    stack = volume * scale
+    dice = {"model": np.linspace(10, 80, SHAPE[2])}
+    fig = case_montage(stack, label, {"model": label, "other": label}, cases=cases, scores=dice,
+                       class_names=["kidney", "tumour"])
+    assert len(fig.axes) == 3 * SHAPE[2]  # every case: the first and the last included
+    columns = fig.axes[: SHAPE[2]]
+    assert [ax.get_title() for ax in columns] == [f"ground truth\n{c}" for c in cases]
+    assert fig.axes[SHAPE[2]].get_title() == "model\nDice 10.0%"
+    assert fig.axes[2 * SHAPE[2] - 1].get_title() == "model\nDice 80.0%"
+    assert fig.axes[2 * SHAPE[2]].get_title() == "other"
+    for k, ax in enumerate(columns):
+        assert ax.images[0].get_clim() == pytest.approx(tuple(np.percentile(stack[:, :, k], [1, 99])))
+        assert len(ax.images) == 2  # image + filled label
+    assert fig.get_size_inches()[0] * fig.dpi <= OUTPUT_PX
+    _assert_readable(case_montage(stack, label, {"model": label}, cases=cases, scores=dice, n=4))
+    first = case_montage(stack, None, {"model": label}, cases=cases, n=2)
+    assert [ax.get_title() for ax in first.axes] == ["model", "model"]
+    np.testing.assert_array_equal(first.axes[1].images[0].get_array(), stack[:, :, 1].T)
+    assert plt.get_fignums() == []
+    with pytest.raises(ValueError, match="n="):
+        case_montage(stack, label, {}, cases=cases, n=SHAPE[2] + 1)
+    with pytest.raises(ValueError, match="cases"):
+        case_montage(stack, label, {}, cases=cases[:-1])
+    with pytest.raises(ValueError, match="scores"):
+        case_montage(stack, label, {"model": label}, cases=cases, scores={"model": [1.0]})
+    with pytest.raises(ValueError, match="shape"):
+        case_montage(stack, label[:, :, :-1], {}, cases=cases)
+    with pytest.raises(ValueError, match="image"):
+        case_montage(stack[:, :, 0], label[:, :, 0], {}, cases=cases[:1])
 
 
 def test_invalid_inputs_raise_value_errors(volume, label):
