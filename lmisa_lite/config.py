@@ -88,7 +88,23 @@ class TrainConfig:
         resume: Continue from ``out_dir/last.pt`` when it exists.
         seed: Seeds weights, batches and gradient-penalty draws.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        amp: Mixed precision (float16 autocast and gradient scaling); None turns it on for CUDA only.
+        amp: Mixed precision. CUDA: float16 autocast with gradient scaling. CPU: bfloat16 autocast (no scaling
+            needed: bfloat16 has float32's range). None (default) turns it on for CUDA, and for CPUs that
+            compute bfloat16 natively (AMX or AVX512-BF16, detected at run time by
+            :func:`lmisa_lite.device.cpu_has_native_bf16`; about 1.3x faster steps there); float32 elsewhere.
+            True forces it on (on a CPU without native bfloat16 that is slower than float32), False keeps
+            float32. Losses, softmax and the critic's gradient penalty are computed in float32 either way. On
+            the default 2D kidney run bfloat16 kept the target Dice of float32 (three seeds,
+            ``benchmarks/dice_bf16.py``, ``results/speed/bf16_dice.csv``).
+        batched_passes: Run the network once per step on the labelled source, target and unlabelled source
+            batches together (concatenated, outputs split back), and the critic once on real and fake
+            maps together: the same losses and gradients as one pass per batch (instance norm normalises
+            each image on its own), in fewer, larger convolutions. With ``norm="batch"`` the network keeps
+            one pass per batch, so that batch statistics stay per domain as published. False: one pass per
+            batch everywhere (the reference the speed benchmark compares against).
+        channels_last: Keep network, critic and their inputs in channels-last memory format
+            (``torch.channels_last`` in 2D, ``torch.channels_last_3d`` in 3D), faster for the convolutions
+            of oneDNN (CPU) and cuDNN (CUDA); the returned networks are plain (contiguous) again.
         num_workers: Threads for the up-front preprocessing (MLNGM) of the cases; 0 uses the calling thread.
         progress: Show a progress bar with the current losses.
 
@@ -130,6 +146,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None
+    batched_passes: bool = True
+    channels_last: bool = True
     num_workers: int = 0
     progress: bool = True
 
@@ -251,7 +269,8 @@ class TrainConfig:
         hints = typing.get_type_hints(cls)
         for key in data:
             _check_key(key, hints)
-        # configs saved before these fields existed describe batch-norm networks without weight averaging
+        # configs saved before these fields existed describe batch-norm networks without weight averaging;
+        # the speed switches (batched_passes, channels_last) change no result, so missing ones take defaults
         return cls(**{"norm": "batch", "ema_decay": 0.0, **data})
 
 

@@ -32,11 +32,72 @@ SLOPE = 0.2  # LeakyReLU negative slope of the published networks
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d if x.dim() == 5 else None
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
+def _channels_last_like(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` in ``x``'s memory format when ``x`` is channels-last (and ``y`` has lost it)."""
+    if not _is_channels_last(x):
+        return y
+    return y.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
+class _ChannelsLastCat(torch.autograd.Function):
+    """Concatenation along channels whose backward hands each input a channels-last gradient.
+
+    The gradient of a concatenation is a channel slice of the output's gradient; for channels-last tensors
+    such a slice interleaves with the other inputs' channels in memory, and every elementwise op on it then
+    runs about twenty times slower on CPU than on a dense tensor (leaky ReLU's backward at 16 channels:
+    2.2 ms against 0.1 ms). One copy per input makes them dense again.
+    """
+
+    @staticmethod
+    def forward(ctx, *inputs: Tensor) -> Tensor:
+        ctx.sizes = [x.shape[1] for x in inputs]
+        return torch.cat(inputs, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, ...]:
+        fmt = torch.channels_last if grad.dim() == 4 else torch.channels_last_3d
+        return tuple(g.contiguous(memory_format=fmt) for g in grad.split(ctx.sizes, dim=1))
+
+
+def _cat_channels(inputs: list[Tensor]) -> Tensor:
+    """``torch.cat(inputs, dim=1)``, with dense channels-last gradients for channels-last inputs."""
+    if torch.is_grad_enabled() and all(_is_channels_last(x) for x in inputs):
+        return _ChannelsLastCat.apply(*inputs)
+    return torch.cat(inputs, dim=1)
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """:class:`torch.nn.InstanceNorm2d` whose output keeps a channels-last input channels-last.
+
+    PyTorch's instance norm returns plain (channels-first) tensors whatever its input; every later
+    elementwise op on a mix of both formats then takes a slow strided path (leaky ReLU's backward about ten
+    times slower on CPU). Converting the output back costs one copy. Same parameters, same values.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - the name of the overridden argument
+        return _channels_last_like(super().forward(input), input)
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """:class:`torch.nn.InstanceNorm3d` whose output keeps a ``channels_last_3d`` input in that format (see
+    :class:`InstanceNorm2d`)."""
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+        return _channels_last_like(super().forward(input), input)
+
+
 # decoder normalisations by name (LMISANet(norm=...)), one class per spatial dimensionality
 NORMS = {
     "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
     # affine, no running statistics: the same learnable scale and shift per channel as batch norm
-    "instance": {2: partial(nn.InstanceNorm2d, affine=True), 3: partial(nn.InstanceNorm3d, affine=True)},
+    "instance": {2: partial(InstanceNorm2d, affine=True), 3: partial(InstanceNorm3d, affine=True)},
 }
 _POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 #: What a network can be trained on (``LMISANet(input_kind=...)``): the MLNGM map then a z-score, or the
@@ -87,7 +148,7 @@ class _EncoderBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = _act(self.conv1(x) + x)
         h = _act(self.conv2(h) + x)
-        return torch.cat([x, h], dim=1)
+        return _cat_channels([x, h])
 
 
 class _DecoderBlock(nn.Module):
@@ -109,7 +170,7 @@ class _DecoderBlock(nn.Module):
         self.norm_shortcut = norm(channels)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        joined = torch.cat([_act(self.norm_up(self.up(x))), skip], dim=1)
+        joined = _cat_channels([_act(self.norm_up(self.up(x))), skip])
         h = _act(self.norm1(self.conv1(joined)) + self.norm_shortcut(self.shortcut(joined)))
         return _act(self.norm2(self.conv2(h)) + h)
 
