@@ -4,17 +4,26 @@ Cases are turned into network inputs once, up front (:func:`prepare_pool`). Ever
 a :class:`torch.Generator` seeded from ``(seed, step, stream, rank)`` (:func:`step_generator`), so the
 batches of step 1000 are the same whether a run got there in one go or was resumed from a checkpoint, and
 each process of a data-parallel run draws its own shard.
+
+3D patches: a share of the patches of a labelled pool (:data:`FOREGROUND_SHARE` unless told otherwise) is
+centred on a random foreground voxel, as nnU-Net's foreground oversampling and MONAI's
+``RandCropByPosNegLabeld`` do; the rest lie anywhere in the volume. Without it a small organ is missing from
+most patches, and a short run learns to predict background everywhere. ``augment=True`` adds the published
+3D augmentation (rotation about the axial axis within +-15 degrees, zoom 0.75-1.2, integer shifts), resampled
+while the patch is cut.
 """
 from __future__ import annotations
 
 import itertools
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from scipy import ndimage
 
 from data_utils.case import Case
 from data_utils.prepare import crop_or_pad
@@ -22,6 +31,10 @@ from lmisa_lite.preprocessing import network_input
 
 # Independent random streams within one step.
 LABELLED_SOURCE, UNLABELLED_SOURCE, TARGET = 0, 1, 2
+#: Share of 3D patches of a labelled pool centred on a foreground voxel (nnU-Net oversamples a third).
+FOREGROUND_SHARE = 1 / 3
+#: The published 3D augmentation: rotation (degrees, about z), zoom range, largest integer shift (voxels).
+ROTATION_DEG, ZOOM, MAX_SHIFT = 15.0, (0.75, 1.2), 4
 
 
 @dataclass
@@ -33,11 +46,20 @@ class Pool:
             3D models: a list of whole volumes ``(X, Y, Z)``, each at least the patch size.
         labels: Matching uint8 label maps (same layout), or ``None`` for an unlabelled pool.
         case_index: For each entry of ``images``, the position of its case in the input list.
+        foreground: 3D labelled pools: per volume, the ``(N, 3)`` voxel indices of its foreground (label > 0),
+            filled on first use; empty otherwise.
     """
 
     images: np.ndarray | list[np.ndarray]
     labels: np.ndarray | list[np.ndarray] | None
     case_index: np.ndarray
+    foreground: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def foreground_voxels(self, i: int) -> np.ndarray:
+        """The ``(N, 3)`` foreground voxel indices of volume ``i`` (computed once, then kept)."""
+        if i not in self.foreground:
+            self.foreground[i] = np.argwhere(self.labels[i] > 0)
+        return self.foreground[i]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -144,8 +166,35 @@ def prepare_pool(cases: Sequence[Case], *, spatial_dims: int, image_size: Sequen
     return Pool(images, labels, case_index)
 
 
+def _corner(shape: Sequence[int], patch: Sequence[int], centre: Sequence[int] | None,
+            generator: torch.Generator) -> list[int]:
+    """A patch corner: anywhere in the volume, or so that the patch holds ``centre`` (near its middle)."""
+    if centre is None:
+        return [int(torch.randint(s - p + 1, (1,), generator=generator)) for s, p in zip(shape, patch)]
+    return [int(np.clip(c - p // 2, 0, s - p)) for c, s, p in zip(centre, shape, patch)]
+
+
+def _augmented_window(x: np.ndarray, y: np.ndarray | None, corner: Sequence[int], patch: Sequence[int],
+                      generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cut the patch at ``corner`` rotated about z, zoomed and shifted (linear image, nearest labels)."""
+    angle, zoom, *shift = (torch.rand(5, generator=generator) * 2 - 1).tolist()
+    angle = np.deg2rad(ROTATION_DEG) * angle
+    zoom = ZOOM[0] + (ZOOM[1] - ZOOM[0]) * (zoom + 1) / 2
+    shift = np.round(np.array(shift) * MAX_SHIFT)
+    c, s = np.cos(angle), np.sin(angle)
+    # output voxel o -> input voxel: centre + R (o - patch centre) / zoom + shift; a zoom > 1 enlarges
+    matrix = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) / zoom
+    middle = (np.array(patch) - 1) / 2
+    offset = np.array(corner) + middle + shift - matrix @ middle
+    out = ndimage.affine_transform(x, matrix, offset, output_shape=tuple(patch), order=1, mode="nearest")
+    if y is not None:
+        y = ndimage.affine_transform(y, matrix, offset, output_shape=tuple(patch), order=0, mode="constant")
+    return out.astype(np.float32), y
+
+
 def sample_batch(pool: Pool, *, batch_size: int, patch_size: Sequence[int], generator: torch.Generator,
-                 flip: bool = False) -> tuple[Tensor, Tensor | None]:
+                 flip: bool = False, foreground_share: float | None = None,
+                 augment: bool = False) -> tuple[Tensor, Tensor | None]:
     """Draw a batch (with replacement) from ``pool``.
 
     Args:
@@ -154,20 +203,47 @@ def sample_batch(pool: Pool, *, batch_size: int, patch_size: Sequence[int], gene
         patch_size: 2D: the pool's image size. 3D: the patch ``(X, Y, Z)`` cut at a random position.
         generator: Source of all randomness of this draw.
         flip: Randomly flip each item along each spatial axis (3D augmentation).
+        foreground_share: 3D, labelled pool: probability that a patch is centred on a random foreground
+            voxel (the rest are placed uniformly). None: :data:`FOREGROUND_SHARE`; 0 places every patch
+            uniformly. Ignored for 2D items and unlabelled pools (the target domain has no labels to aim at).
+        augment: 3D: rotate (about z, within +-:data:`ROTATION_DEG` degrees), zoom (:data:`ZOOM`) and shift
+            (integers up to :data:`MAX_SHIFT` voxels) each patch, as the published 3D model was trained.
 
     Returns:
         ``(images, labels)``: ``(B, 1, *patch_size)`` float32 and ``(B, *patch_size)`` int64 (or ``None``).
+
+    Raises:
+        ValueError: If ``foreground_share`` is outside [0, 1].
+
+    Examples:
+        >>> from data_utils.phantoms import make_dataset
+        >>> pool = prepare_pool(make_dataset("kidney", "ct", n=1, dims=3, shape=(32, 32, 16)), spatial_dims=3,
+        ...                     image_size=(16, 16, 8), use_mlngm=False, labelled=True)
+        >>> x, y = sample_batch(pool, batch_size=2, patch_size=(16, 16, 8), generator=step_generator(0, 0,
+        ...                     stream=LABELLED_SOURCE), foreground_share=1.0, augment=True)
+        >>> tuple(x.shape), bool((y > 0).any())
+        ((2, 1, 16, 16, 8), True)
     """
+    share = FOREGROUND_SHARE if foreground_share is None else float(foreground_share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"foreground_share must be in [0, 1], got {foreground_share!r}")
     idx = torch.randint(len(pool), (batch_size,), generator=generator).tolist()
     xs, ys = [], []
     for i in idx:
         x = pool.images[i]
         y = None if pool.labels is None else pool.labels[i]
         if x.ndim == 3:
-            corner = [int(torch.randint(s - p + 1, (1,), generator=generator))
-                      for s, p in zip(x.shape, patch_size)]
-            window = tuple(slice(c, c + p) for c, p in zip(corner, patch_size))
-            x, y = x[window], None if y is None else y[window]
+            centre = None
+            if y is not None and share > 0 and float(torch.rand((), generator=generator)) < share:
+                voxels = pool.foreground_voxels(i)
+                if len(voxels):
+                    centre = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
+            corner = _corner(x.shape, patch_size, centre, generator)
+            if augment:
+                x, y = _augmented_window(x, y, corner, patch_size, generator)
+            else:
+                window = tuple(slice(c, c + p) for c, p in zip(corner, patch_size))
+                x, y = x[window], None if y is None else y[window]
         if flip:
             axes = [a for a in range(x.ndim) if bool(torch.rand((), generator=generator) < 0.5)]
             x, y = np.flip(x, axes), None if y is None else np.flip(y, axes)
