@@ -7,10 +7,11 @@ PROFILE ?= standard
 OUT ?= runs/$(PROFILE)
 # Put the venv first so that Jupyter kernels started by papermill and nbval use it.
 export PATH := $(abspath $(BIN)):$(PATH)
-# PyTorch's OpenMP threads (libgomp) wait for the next op by spinning ~3 ms by default: fastest on a quiet machine,
-# but training collapses when the cores are shared (2 cores, default 2D step: 50 ms quiet, 0.4-3.5 s with one core
-# busy). Sleeping at once (OMP_WAIT_POLICY=PASSIVE) never collapses but doubles the quiet step (96 ms). Spinning
-# ~0.1 ms, then sleeping, keeps both: 52 ms quiet, as PASSIVE when shared. GOMP_SPINCOUNT overrides OMP_WAIT_POLICY.
+# PyTorch's OpenMP threads (libgomp) wait for the next op by spinning, ~3 ms by default. Default 2D training
+# step, 2 cores: spinning 60 ms on a quiet machine, 0.4-3.5 s when another program busies a core; sleeping at
+# once (OMP_WAIT_POLICY=PASSIVE) 110 ms quiet, 0.3 s shared; spinning ~0.1 ms, then sleeping, 62 ms quiet,
+# 0.34 s shared. GOMP_SPINCOUNT overrides OMP_WAIT_POLICY. On a machine that stays shared, OMP_NUM_THREADS=1
+# is faster: 85 ms both.
 export GOMP_SPINCOUNT ?= 10000
 
 .PHONY: install tutorial test test-fast test-browser bench clean

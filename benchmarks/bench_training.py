@@ -1,7 +1,8 @@
-"""Speed of LMISA training steps (network + critic) and of inference: the reference path against the default one.
+"""Speed of LMISA training steps (network + critic) and of inference: the reference path against the default.
 
 Every configuration runs twice per repeat, once per arm, each time in its own subprocess (so that the peak
-resident memory, ``ru_maxrss``, printed for an arm is that arm's alone: Python, PyTorch and the data included):
+resident memory, ``ru_maxrss``, printed for an arm is that arm's alone: Python, PyTorch and the data
+included):
 
 - ``reference``: the step as it was, one float32 pass per batch in plain memory format
   (``TrainConfig(batched_passes=False, channels_last=False, amp=False)``; inference: ``channels_last=False``,
@@ -15,7 +16,7 @@ speed-up is the median over the repeats of reference time / default time. Achiev
 convolution and matrix FLOPs of one step (forward, backward and the gradient penalty's double backward, by
 :mod:`torch.utils.flop_counter`'s formulas) against matrix-multiply peaks measured in the same run::
 
-    python benchmarks/bench_training.py                     # 2D at 8 and 16 filters, 3D; about 3 minutes
+    python benchmarks/bench_training.py                     # 2D at 8 and 16 filters, 3D; 3-4 minutes
     python benchmarks/bench_training.py --all --repeats 3   # also batch norm, batch 4, inference
     python benchmarks/bench_training.py --threads 1 --only train2d
 """
@@ -43,7 +44,7 @@ CONFIGS = {
     "train2d_w16": dict(kind="train", spatial_dims=2, image_size=(128, 128), batch_size=1, base_filters=16,
                         steps=10),
     "train3d": dict(kind="train", spatial_dims=3, image_size=(64, 64, 32), batch_size=2, base_filters=8,
-                    steps=4),
+                    steps=5),
     "train2d_bn": dict(kind="train", spatial_dims=2, image_size=(128, 128), batch_size=1, base_filters=8,
                        steps=10, norm="batch", ema_decay=0.0),
     "train2d_b4": dict(kind="train", spatial_dims=2, image_size=(128, 128), batch_size=4, base_filters=8,
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     parser.add_argument("--only", action="append", choices=sorted(CONFIGS), help="run these configurations")
     parser.add_argument("--all", action="store_true", help="run every configuration")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per arm and configuration (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per arm and configuration (default 3)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--arm", default="default", choices=sorted(ARMS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [r["seconds"] / d["seconds"] for r, d in zip(runs["reference"], runs["default"])]
         speedup = statistics.median(ratios)
         target = TARGETS.get(name)
-        verdict = "" if target is None else f" (target {target:g}x: {'met' if speedup >= target else 'NOT met'})"
+        met = target is not None and speedup >= target
+        verdict = "" if target is None else f" (target {target:g}x: {'met' if met else 'NOT met'})"
         memory = rss["default"] - rss["reference"]
         print(f"{'':12s} speed-up {speedup:.2f}x{verdict}; per repeat "
               f"{', '.join(f'{r:.2f}' for r in ratios)}; peak RSS default - reference {memory:+.0f} MB")

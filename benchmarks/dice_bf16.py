@@ -73,7 +73,8 @@ def write_rows(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for row in sorted(rows, key=lambda r: (r["seed"], list(ARMS).index(r["arm"]))):
-            writer.writerow({**row, "target_dice": f"{row['target_dice']:.2f}", "seconds": f"{row['seconds']:.1f}"})
+            writer.writerow({**row, "target_dice": f"{row['target_dice']:.2f}",
+                             "seconds": f"{row['seconds']:.1f}"})
     os.replace(tmp, path)
 
 
@@ -102,8 +103,9 @@ def summarise(rows: list[dict], seeds: list[int]) -> bool:
           f"{mean_diff:+.2f} +- {sd(diffs):.2f} points (seeds {complete})")
     gap = means["bfloat16"] - means["float32"]
     ok = gap >= -TOLERANCE
-    print(f"bfloat16 mean - float32 mean: {gap:+.2f} points; rule (bfloat16 not more than {TOLERANCE:g} point "
-          f"below float32): {'met, bfloat16 can be the CPU default' if ok else 'NOT met, keep it a switch'}")
+    verdict = "met, bfloat16 can be the CPU default" if ok else "NOT met, keep it a switch"
+    print(f"bfloat16 mean - float32 mean: {gap:+.2f} points; rule (bfloat16 not more than {TOLERANCE:g} "
+          f"point below float32): {verdict}")
     return ok
 
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV file (default results/speed/...)")
-    parser.add_argument("--steps", type=int, default=None, help="fewer steps, for a quick check of the script")
+    parser.add_argument("--steps", type=int, default=None, help="fewer steps (a quick check of the script)")
     args = parser.parse_args(argv)
 
     import torch

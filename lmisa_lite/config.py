@@ -30,14 +30,14 @@ ARCHITECTURE_FIELDS = ("task", "spatial_dims", "num_classes", "image_size", "bas
 class TrainConfig:
     """Everything that defines a training run; a run is this config plus its data.
 
-    The defaults train a useful 2D kidney model (128 x 128 CT -> MRI phantoms) on one CPU core in about five
-    minutes (900 steps of about 0.3 s). They keep the published loss weights and optimiser (Adam, lr 1e-3,
-    x0.8 decay at fixed intervals, ``alpha = beta = 40``, gradient-penalty weight 10, one critic step per
-    generator step, batch size 1 for 2D) with two changes for CPU speed: half the published width
-    (``base_filters=8``; the published network has 16), and Adam ``betas=(0.5, 0.999)``, common for
-    adversarial training, with which the source segmentation converged about twice as fast as with
-    ``(0.9, 0.999)`` on the phantoms. For 3D, set ``spatial_dims=3``, ``image_size=(64, 64, 32)`` and
-    ``batch_size=2`` (published).
+    The defaults train a useful 2D kidney model (128 x 128 CT -> MRI phantoms) on one CPU core in a few
+    minutes (900 steps of about 0.085 s on a core with native bfloat16, 0.13 s in float32). They keep the
+    published loss weights and optimiser (Adam, lr 1e-3, x0.8 decay at fixed intervals, ``alpha = beta = 40``,
+    gradient-penalty weight 10, one critic step per generator step, batch size 1 for 2D) with two changes for
+    CPU speed: half the published width (``base_filters=8``; the published network has 16), and Adam
+    ``betas=(0.5, 0.999)``, common for adversarial training, with which the source segmentation converged
+    about twice as fast as with ``(0.9, 0.999)`` on the phantoms. For 3D, set ``spatial_dims=3``,
+    ``image_size=(64, 64, 32)`` and ``batch_size=2`` (published).
 
     One change for stability: the decoder uses instance norm (``norm="instance"``) where the published network
     has batch norm (``norm="batch"``). With one image per batch, batch norm in training normalises each image
@@ -91,11 +91,15 @@ class TrainConfig:
         amp: Mixed precision. CUDA: float16 autocast with gradient scaling. CPU: bfloat16 autocast (no scaling
             needed: bfloat16 has float32's range). None (default) turns it on for CUDA, and for CPUs that
             compute bfloat16 natively (AMX or AVX512-BF16, detected at run time by
-            :func:`lmisa_lite.device.cpu_has_native_bf16`; about 1.3x faster steps there); float32 elsewhere.
+            :func:`lmisa_lite.device.cpu_has_native_bf16`; 1.4x faster steps there); float32 elsewhere.
             True forces it on (on a CPU without native bfloat16 that is slower than float32), False keeps
-            float32. Losses, softmax and the critic's gradient penalty are computed in float32 either way. On
-            the default 2D kidney run bfloat16 kept the target Dice of float32 (three seeds,
-            ``benchmarks/dice_bf16.py``, ``results/speed/bf16_dice.csv``).
+            float32. Losses, softmax and the gradient norm of the critic's penalty are float32 either way.
+            bfloat16 is the CPU default because it kept the target Dice of float32 on the default 2D kidney
+            run: 86.1 +- 4.7 against 82.9 +- 4.2 % over three seeds, paired differences +9.8, -1.2, +0.6
+            points (``benchmarks/dice_bf16.py``, ``results/speed/bf16_dice.csv``);
+            :data:`lmisa_lite.device.CPU_BF16_BY_DEFAULT` turns that default off. When other programs share
+            the cores, use one thread (``torch.set_num_threads(1)``): two threads then wait for each other,
+            bfloat16 loses its lead over float32, and one thread is several times faster than two.
         batched_passes: Run the network once per step on the labelled source, target and unlabelled source
             batches together (concatenated, outputs split back), and the critic once on real and fake
             maps together: the same losses and gradients as one pass per batch (instance norm normalises

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmisa_lite.device import autocast, autocast_dtype, channels_last_format, evaluation_mode, in_memory_format
+from lmisa_lite.device import (autocast, autocast_dtype, channels_last_format, evaluation_mode,
+                               in_memory_format)
 
 
 def _padded(shape: Sequence[int], divisor: int) -> tuple[int, ...]:

@@ -81,7 +81,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     times slower on CPU). Converting the output back costs one copy. Same parameters, same values.
     """
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - the name of the overridden argument
+    def forward(self, input: Tensor) -> Tensor:
         return _channels_last_like(super().forward(input), input)
 
 
@@ -89,7 +89,7 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     """:class:`torch.nn.InstanceNorm3d` whose output keeps a ``channels_last_3d`` input in that format (see
     :class:`InstanceNorm2d`)."""
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+    def forward(self, input: Tensor) -> Tensor:
         return _channels_last_like(super().forward(input), input)
 
 
@@ -107,6 +107,19 @@ INPUT_KINDS = ("mlngm", "zscore")
 
 def _act(x: Tensor) -> Tensor:
     return F.leaky_relu(x, SLOPE)
+
+
+def _max_pool(pool: nn.Module, x: Tensor) -> Tensor:
+    """``pool(x)`` in the dtype of ``x``.
+
+    CPU autocast runs 3D max pooling in float32: a float32 copy of a bfloat16 input, and a float32 output that
+    turns the rest of the level float32 too (adds, activations, concatenations and the skip connection). Max
+    pooling only picks values, so its result is the same in bfloat16; autocast is off for it.
+    """
+    if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return pool(x)
+    return pool(x)
 
 
 def _check_options(spatial_dims: int, depth: int, min_depth: int, **positive: int) -> None:
@@ -245,7 +258,7 @@ class LMISANet(nn.Module):
         features = []
         for level, block in enumerate(self.encoder):
             if level:
-                h = self.pools[level - 1](h)
+                h = _max_pool(self.pools[level - 1], h)
             h = block(h)
             features.append(h)
         return features
@@ -336,7 +349,7 @@ class ShapeCritic(nn.Module):
         h = _act(self.stem(x))
         for level, conv in enumerate(self.convs):
             if level:
-                h = self.pools[level - 1](h)
+                h = _max_pool(self.pools[level - 1], h)
             h = _act(conv(h))
         return self.score(h)
 

@@ -1,5 +1,5 @@
-"""The fast training paths against the reference ones: batched passes, channels-last, bfloat16 autocast, and the
-config switches and checkpoints that select them."""
+"""The fast training paths against the reference ones: batched passes, channels-last, bfloat16 autocast,
+and the config switches and checkpoints that select them."""
 from __future__ import annotations
 
 import copy
@@ -55,7 +55,8 @@ def tiny_batches(config: TrainConfig, seed: int = 0) -> dict[str, torch.Tensor]:
         return torch.randn(shape, generator=g).contiguous(memory_format=fmt)
 
     def label():
-        return torch.randint(config.resolved_num_classes, (config.batch_size, *config.image_size), generator=g)
+        shape = (config.batch_size, *config.image_size)
+        return torch.randint(config.resolved_num_classes, shape, generator=g)
 
     return dict(xs=image(), ys=label(), xt=image(), yt=label(), xu=image())
 
@@ -64,7 +65,7 @@ def grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().clone() for k, p in module.named_parameters() if p.grad is not None}
 
 
-# ---- batched passes ------------------------------------------------------------------------------------------
+# ---- batched passes ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dims, channels_last", [(2, False), (2, True), (3, True)])
 def test_batched_generator_pass_equals_per_domain_passes_with_instance_norm(dims, channels_last):
     size = (SIZE, SIZE) if dims == 2 else (16, 16, 8)
@@ -131,7 +132,7 @@ def test_batch_norm_keeps_one_pass_per_domain():
     assert not all(torch.equal(buffers[k], v) for k, v in together.named_buffers())
 
 
-# ---- precision: detection and the autocast dtype ----------------------------------------------------------------
+# ---- precision: detection and the autocast dtype -----------------------------------------------------------
 def test_bf16_detection_reads_the_cpu_flags(monkeypatch, fresh_detection):
     monkeypatch.setattr(device_module, "_read_cpu_flags", lambda: {"fpu", "avx512f", "amx_bf16"})
     assert cpu_has_native_bf16() is True
@@ -167,7 +168,7 @@ def test_real_cpuinfo_reader_gives_flags_or_a_clean_error(fresh_detection):
                                      and torch.backends.mkldnn.is_available())
 
 
-# ---- the fast paths train ---------------------------------------------------------------------------------------
+# ---- the fast paths train ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("changes", [
     dict(channels_last=True, amp=False),
     dict(channels_last=True, amp=True),
@@ -185,7 +186,8 @@ def test_fast_paths_train_and_return_plain_networks(domains, changes):
         result = train(tiny(steps=3, **changes), ct, mri, val=ct[:1])
     history = result.history
     for key in ("loss_g", "loss_seg", "loss_rec", "loss_adv", "loss_critic", "gp", "val_loss", "val_dice"):
-        assert all(math.isfinite(v) for v in history[key] if not (key.startswith("val") and math.isnan(v))), key
+        values = [v for v in history[key] if not (key.startswith("val") and math.isnan(v))]
+        assert all(math.isfinite(v) for v in values), key
     assert math.isfinite(history["val_loss"][-1])
     for net in (result.model, result.critic, result.best_model):
         assert memory_format_of(net) == torch.contiguous_format
@@ -218,7 +220,7 @@ def test_reference_path_and_fast_path_are_both_deterministic(domains):
             assert torch.equal(x, y), (changes, key)
 
 
-# ---- config and checkpoints ---------------------------------------------------------------------------------------
+# ---- config and checkpoints --------------------------------------------------------------------------------
 def test_speed_switches_are_config_fields_but_not_architecture():
     config = TrainConfig()
     assert config.batched_passes is True and config.channels_last is True and config.amp is None
@@ -233,7 +235,8 @@ def test_speed_switches_are_config_fields_but_not_architecture():
 
 def test_checkpoints_with_and_without_the_new_fields_load_and_resume(domains, tmp_path):
     ct, mri = domains
-    result = train(tiny(steps=2, out_dir=tmp_path, batched_passes=False, channels_last=False), ct, mri, val=ct)
+    config = tiny(steps=2, out_dir=tmp_path, batched_passes=False, channels_last=False)
+    result = train(config, ct, mri, val=ct)
     raw = torch.load(tmp_path / "last.pt", weights_only=True)
     assert raw["config"]["batched_passes"] is False and raw["config"]["channels_last"] is False
     model, config = load_checkpoint(tmp_path / "last.pt")
@@ -258,7 +261,7 @@ def test_channels_last_weights_load_into_plain_networks(domains, tmp_path):
     assert memory_format_of(model) == torch.contiguous_format
 
 
-# ---- helpers ---------------------------------------------------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------------------------
 def test_update_average_equals_the_per_parameter_update():
     torch.manual_seed(0)
     config = tiny(norm="batch")
@@ -305,3 +308,28 @@ def test_inference_memory_format_and_precision(dims):
     model.to(memory_format=fmt)  # a channels-last model stays channels-last
     predict_volume(model, image, channels_last=False, **options)
     assert memory_format_of(model) == fmt
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_cat_gives_the_gradients_of_cat_in_dense_layout(dims):
+    from lmisa_lite.networks import _cat_channels
+
+    fmt = channels_last_format(dims)
+    shape = (2, 3) + (4,) * dims
+    a, b = (torch.randn(shape).contiguous(memory_format=fmt).requires_grad_() for _ in range(2))
+    weight = torch.randn((2, 6) + (4,) * dims)
+    (_cat_channels([a, b]) * weight).sum().backward()
+    assert a.grad.is_contiguous(memory_format=fmt) and b.grad.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(a.grad, weight[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(b.grad, weight[:, 3:], rtol=0, atol=0)
+
+
+def test_max_pool_stays_bfloat16_under_autocast():
+    from lmisa_lite.networks import _max_pool
+
+    pool = torch.nn.MaxPool3d(2)
+    x = torch.randn(1, 2, 4, 4, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _max_pool(pool, x)
+        assert torch.is_autocast_enabled("cpu")  # restored
+    assert out.dtype == torch.bfloat16 and torch.equal(out.float(), pool(x.float()))
