@@ -24,6 +24,9 @@ TASK_CLASSES = {task: len(names) for task, names in CLASS_NAMES.items()}
 ARCHITECTURE_FIELDS = ("task", "spatial_dims", "num_classes", "image_size", "base_filters", "critic_filters",
                        "depth", "norm", "ema_decay", "use_mlngm", "use_reconstruction", "use_shape_constraint",
                        "supervise_target")
+#: Where the gradient penalty can be taken (``TrainConfig.gp_on``) and what the critic can see as real.
+GP_PLACES = ("labels", "reconstruction")
+CRITIC_REAL = ("onehot", "smoothed", "noised")
 
 
 @dataclass
@@ -67,6 +70,20 @@ class TrainConfig:
         beta: Weight of the source segmentation loss.
         gp_weight: Weight of the gradient penalty.
         n_critic: Critic updates per generator step (on the same batches).
+        adv_weight: Weight of the adversarial term in the network's loss (published: 1, beside
+            ``alpha = beta = 40``).
+        adv_warmup: Steps at the start in which the adversarial term is left out of the network's loss (the
+            critic trains all the same).
+        adv_ramp: Steps after the warm-up over which the adversarial weight rises linearly to ``adv_weight``.
+        gp_on: Where the gradient penalty is taken: ``"labels"`` (WGAN-GP: between real and fake label
+            maps) or ``"reconstruction"`` (the authors' released code: between the target's reconstruction
+            and its input).
+        critic_real: What the critic sees as real: ``"onehot"`` source labels, ``"smoothed"`` (Gaussian
+            blur of ``critic_real_amount`` voxels) or ``"noised"`` (mixed with a random point of the
+            simplex, weight ``critic_real_amount``); see :mod:`lmisa_lite.adversarial`.
+        critic_real_amount: Blur in voxels (``"smoothed"``) or mixing weight in [0, 1] (``"noised"``).
+        critic_fake_temperature: Target predictions shown to the critic are ``softmax(logits / T)``; below
+            1 sharpens them.
         base_filters: Width of the first level of the network (published: 16).
         critic_filters: Width of the first level of the critic; None uses ``base_filters``.
         depth: Levels of network and critic (inputs are pooled ``depth - 1`` times).
@@ -132,6 +149,13 @@ class TrainConfig:
     beta: float = 40.0
     gp_weight: float = 10.0
     n_critic: int = 1
+    adv_weight: float = 1.0
+    adv_warmup: int = 0
+    adv_ramp: int = 0
+    gp_on: str = "labels"
+    critic_real: str = "onehot"
+    critic_real_amount: float = 1.0
+    critic_fake_temperature: float = 1.0
     base_filters: int = 8
     critic_filters: int | None = None
     depth: int = 4
@@ -204,6 +228,19 @@ class TrainConfig:
         if min(self.alpha, self.beta, self.gp_weight) < 0:
             raise ValueError(f"alpha={self.alpha}, beta={self.beta}, gp_weight={self.gp_weight}: "
                              "expected >= 0")
+        if self.gp_on not in GP_PLACES:
+            raise ValueError(f"gp_on={self.gp_on!r}: expected one of {list(GP_PLACES)}")
+        if self.critic_real not in CRITIC_REAL:
+            raise ValueError(f"critic_real={self.critic_real!r}: expected one of {list(CRITIC_REAL)}")
+        amount_ok = self.critic_real_amount >= 0 and (self.critic_real != "noised" or self.critic_real_amount <= 1)
+        if not amount_ok:
+            raise ValueError(f"critic_real_amount={self.critic_real_amount}: expected >= 0 (a blur in voxels), "
+                             "or in [0, 1] with critic_real='noised'")
+        if not (self.critic_fake_temperature > 0 and self.adv_weight >= 0):
+            raise ValueError(f"critic_fake_temperature={self.critic_fake_temperature}, adv_weight="
+                             f"{self.adv_weight}: expected a positive temperature and a weight >= 0")
+        if min(self.adv_warmup, self.adv_ramp) < 0:
+            raise ValueError(f"adv_warmup={self.adv_warmup}, adv_ramp={self.adv_ramp}: expected steps >= 0")
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (the folder holding last.pt)")
 

@@ -48,8 +48,8 @@ from lmisa_lite.device import (autocast, autocast_dtype, channels_last_format, c
                                evaluation_mode, resolve_device)
 from lmisa_lite.distributed import (ProcessGroup, broadcast_buffers, init_distributed, mean_over_processes,
                                     unwrap, wrap)
-from lmisa_lite.losses import (LOSS_TERMS, critic_wasserstein, foreground_probs, generator_adversarial,
-                               gradient_penalty, one_hot_foreground, segmentation_ce, weighted_mse)
+from lmisa_lite.adversarial import adversarial_scale, critic_update, fake_maps
+from lmisa_lite.losses import LOSS_TERMS, generator_adversarial, segmentation_ce, weighted_mse
 from lmisa_lite.networks import LMISANet, ShapeCritic
 from lmisa_lite.sampling import (LABELLED_SOURCE, TARGET, UNLABELLED_SOURCE, Pool, grid_batches, prepare_pool,
                                  sample_batch, step_generator)
@@ -244,10 +244,12 @@ def _batched(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[Any]:
     return list(zip(*(o.split(sizes) for o in out)))
 
 
-def _generator_losses(config: TrainConfig, model: nn.Module, critic: nn.Module | None, batches: dict
-                      ) -> dict[str, Any]:
+def _generator_losses(config: TrainConfig, model: nn.Module, critic: nn.Module | None, batches: dict,
+                      adv_scale: float = 1.0) -> dict[str, Any]:
     """The generator's loss and its terms for one step: segment the source, reconstruct both domains, fool
-    the critic. Also returns the target logits, which the critic step judges.
+    the critic. Also returns the target logits, which the critic step judges, and the target's
+    reconstruction. ``adv_scale`` weighs the adversarial term (:func:`lmisa_lite.adversarial.adversarial_scale`);
+    at 0 the critic is not run.
 
     With ``config.batched_passes`` and instance norm the network runs once on the labelled source, target and
     unlabelled source batches together (each image is normalised on its own, so this equals one pass per
@@ -269,66 +271,20 @@ def _generator_losses(config: TrainConfig, model: nn.Module, critic: nn.Module |
     rec, logits = {}, {}
     for name, (r, lg) in zip(names, outputs):
         rec[name], logits[name] = r.float(), lg.float()
-    out: dict[str, Any] = dict(loss_seg=segmentation_ce(logits["s"], ys), logits_t=logits.get("t"))
+    out: dict[str, Any] = dict(loss_seg=segmentation_ce(logits["s"], ys), logits_t=logits.get("t"),
+                               rec_t=rec.get("t"))
     if config.supervise_target:
         out["loss_seg"] = (out["loss_seg"] + segmentation_ce(logits["t"], yt)) / 2
     loss_g = config.beta * out["loss_seg"]
     if config.use_reconstruction:
         out["loss_rec"] = weighted_mse(rec["u"], xu) + weighted_mse(rec["t"], xt)
         loss_g = loss_g + config.alpha * out["loss_rec"]
-    if critic is not None:
+    if critic is not None and adv_scale > 0:
         # The critic judges shapes only: foreground probabilities of target predictions.
-        fake = foreground_probs(logits["t"])
-        out["loss_adv"] = generator_adversarial(critic(fake).float())
-        loss_g = loss_g + out["loss_adv"]
+        out["loss_adv"] = generator_adversarial(critic(fake_maps(config, logits["t"])).float())
+        loss_g = loss_g + adv_scale * out["loss_adv"]
     out["loss_g"] = loss_g
     return out
-
-
-def _critic_update(config: TrainConfig, critic: nn.Module, opt_c: torch.optim.Optimizer, ys: torch.Tensor,
-                   logits_t: torch.Tensor, generator: torch.Generator,
-                   amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """``n_critic`` WGAN-GP updates of the critic: real source label maps against target predictions.
-
-    With ``config.batched_passes`` the critic scores real and fake maps in one pass (it has no normalisation,
-    so that equals two passes). Precision: under float16 autocast (CUDA) the critic step stays float32, as
-    it has no gradient scaling and its penalty differentiates through the critic twice, where float16
-    underflows. Under bfloat16 autocast (CPU), which has float32's range, the whole step runs in bfloat16:
-    on a critic at initialisation and with its weights x3 the penalty agreed with float32 to 1e-3 and its
-    parameter gradient to 2% (cosine 0.9997), the precision of every other bfloat16 gradient, and the
-    penalty takes about a quarter less CPU time. Scores, losses and the gradient norm are float32 either way.
-    """
-    real = one_hot_foreground(ys, config.resolved_num_classes)
-    fake = foreground_probs(logits_t.detach().float())
-    fmt = channels_last_format(config.spatial_dims, config.channels_last)
-    real, fake = real.contiguous(memory_format=fmt), fake.contiguous(memory_format=fmt)
-    device = real.device
-    amp_dtype = amp_dtype if amp_dtype == torch.bfloat16 else None
-    params = [p for p in critic.parameters() if p.requires_grad]
-    for _ in range(config.n_critic):
-        with autocast(device, amp_dtype):
-            if config.batched_passes:
-                real_scores, fake_scores = _batched(critic, [real, fake])
-            else:
-                real_scores, fake_scores = critic(real), critic(fake)
-        loss_w = critic_wasserstein(real_scores.float(), fake_scores.float())
-        # The penalty holds the critic 1-Lipschitz on lines between real and fake label maps, the only region
-        # where it is ever evaluated; that keeps its scores a distance estimate.
-        with autocast(device, amp_dtype):
-            gp = gradient_penalty(lambda x: critic(x).float(), real, fake, generator=generator)
-        loss_c = loss_w + config.gp_weight * gp
-        opt_c.zero_grad(set_to_none=True)
-        # Gradients of the critic's parameters only: the penalty's interpolates require a gradient (for the
-        # penalty itself), and a plain backward would also compute their gradient again, through the 7x7 stem
-        # (about 6% of the 3D critic step).
-        with warnings.catch_warnings():
-            # Under DDP: the penalty's double backward returns the gradients of a few weights whose layout is
-            # both plain and channels-last (one input channel, 1x1 kernels) with other strides on their
-            # size-1 dimensions than the weights; DDP then copies those few values into its bucket and warns.
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            loss_c.backward(inputs=params)
-        opt_c.step()
-    return dict(loss_critic=loss_c, gp=gp, wasserstein=-loss_w)
 
 
 def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *,
@@ -423,7 +379,7 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
 
             # ---- generator step: segment the source, reconstruct both domains, fool the critic ------------
             with autocast(device, amp_dtype), _frozen(critic_net):
-                losses = _generator_losses(config, model, critic, batches)
+                losses = _generator_losses(config, model, critic, batches, adversarial_scale(config, step))
             opt_g.zero_grad(set_to_none=True)
             scaler.scale(losses["loss_g"]).backward()
             scaler.step(opt_g)
@@ -435,8 +391,8 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
             if critic is not None:
                 gp_generator = torch.Generator(device).manual_seed(
                     step_generator(config.seed, step, stream=GRADIENT_PENALTY, rank=group.rank).initial_seed())
-                losses.update(_critic_update(config, critic, opt_c, batches["ys"], losses["logits_t"],
-                                             gp_generator, amp_dtype))
+                losses.update(critic_update(config, critic, opt_c, batches["ys"], losses["logits_t"],
+                                            gp_generator, amp_dtype, images_t=(batches["xt"], losses["rec_t"])))
                 stateful["sched_c"].step()
             lr = stateful["sched_g"].get_last_lr()[0]
             stateful["sched_g"].step()

@@ -13,6 +13,7 @@ import torch
 from data_utils.phantoms import make_dataset
 from lmisa_lite import device as device_module
 from lmisa_lite import training
+from lmisa_lite.adversarial import critic_update
 from lmisa_lite.config import ARCHITECTURE_FIELDS, TrainConfig, build_networks
 from lmisa_lite.device import autocast_dtype, channels_last_format, cpu_has_native_bf16, memory_format_of
 from lmisa_lite.inference import predict_volume
@@ -105,7 +106,7 @@ def test_batched_critic_pass_equals_two_passes():
         net = copy.deepcopy(critic)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(7)  # the same interpolation weights in both
-        out = training._critic_update(config, net, opt, batches["ys"], logits_t, generator)
+        out = critic_update(config, net, opt, batches["ys"], logits_t, generator)
         after[batched] = out, net
     (two, net_a), (one, net_b) = after[False], after[True]
     for key in ("loss_critic", "gp", "wasserstein"):
