@@ -13,8 +13,12 @@ anything. Each row of the CSV holds the target test Dice (percent, mean over cas
 the source validation Dice of the kept model, its step, and ``shape_gap``, a label-free score of the target
 predictions: per foreground class, the 1D Wasserstein distance between the foreground fractions of the
 predicted *unlabelled target training* images and those of the source training labels (percent of the
-image; 0 when the predicted structures have the sizes source anatomy has), averaged over classes. It uses no
-target label, so it may choose among settings; the target Dice is the evidence.
+image; 0 when the predicted structures have the sizes source anatomy has), averaged over classes.
+
+Choosing a default uses no target label either. The rule, fixed before the runs: among the arms that keep the
+shape critic, the one with the highest source-validation Dice, averaged over seeds and both experiments (a
+critic that disturbs training shows there first); ``--summary`` prints it. The target Dice is the evidence of
+whether that choice helps, not a way to choose.
 
 The CSV is rewritten after every run (to a temporary file, then renamed), and runs already in it are skipped,
 so an interrupted investigation continues. ``--jobs 2`` trains two runs at once, one thread each (on two cores
@@ -158,6 +162,39 @@ def summary(rows: list[dict], baseline: str = "mlngm_recon") -> list[dict]:
     return out
 
 
+def chosen_arm(rows: list[dict]) -> str | None:
+    """The rule of the module docstring: the critic arm with the best mean source-validation Dice over
+    experiments (each experiment's mean over seeds), among arms measured on every experiment."""
+    best, best_score = None, float("-inf")
+    entries = summary(rows)
+    for arm in ARMS:
+        if ARMS[arm].get("use_shape_constraint", True) is False:
+            continue
+        means = [e["source_val_dice"][0] for e in entries if e["arm"] == arm]
+        if len(means) == len(EXPERIMENTS) and statistics.mean(means) > best_score:
+            best, best_score = arm, statistics.mean(means)
+    return best
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    """The summary as a markdown table (one row per experiment and arm), with the command that made it."""
+    lines = [f"Made by `{command}`; one row per experiment and arm, mean +- sd over seeds, Dice in %.", "",
+             "| experiment | arm | seeds | target Dice | source-val Dice | shape gap | target vs mlngm_recon, "
+             "per seed | higher in |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    for e in summary(rows):
+        def ms(key, e=e):
+            mean, sd = e[key]
+            return f"{mean:.1f} ± {sd:.1f}"
+        paired = "" if e["arm"] == "mlngm_recon" else ", ".join(f"{d:+.1f}" for d in e["paired"])
+        wins = "" if e["arm"] == "mlngm_recon" else f"{sum(d > 0 for d in e['paired'])}/{len(e['paired'])}"
+        lines.append(f"| {e['experiment']} | `{e['arm']}` | {len(e['seeds'])} | {ms('target_dice')} | "
+                     f"{ms('source_val_dice')} | {ms('shape_gap')} | {paired} | {wins} |")
+    choice = chosen_arm(rows)
+    if choice:
+        lines += ["", f"Chosen by the label-free rule (best mean source-validation Dice among critic arms): `{choice}`."]
+    return "\n".join(lines) + "\n"
+
+
 def print_summary(rows: list[dict]) -> None:
     print(f"{'experiment':14s} {'arm':22s} {'n':>2s} {'target Dice':>14s} {'source val':>14s} "
           f"{'shape gap':>12s}  paired vs mlngm_recon (per seed)")
@@ -168,6 +205,7 @@ def print_summary(rows: list[dict]) -> None:
         paired = ", ".join(f"{d:+.1f}" for d in e["paired"]) if e["arm"] != "mlngm_recon" else ""
         print(f"{e['experiment']:14s} {e['arm']:22s} {len(e['seeds']):2d} {ms('target_dice'):>14s} "
               f"{ms('source_val_dice'):>14s} {ms('shape_gap'):>12s}  {paired}")
+    print("chosen by the label-free rule (best mean source-validation Dice among critic arms):", chosen_arm(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV file (default results/investigation/)")
     parser.add_argument("--steps", type=int, default=None, help="fewer steps (a quick check of the script)")
     parser.add_argument("--summary", action="store_true", help="print the summary of the CSV and stop")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the summary as markdown here")
     args = parser.parse_args(argv)
 
     rows = read_rows(args.out)
@@ -197,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 write_rows(args.out, rows)
     print_summary(rows)
+    if args.markdown is not None:
+        from data_utils.atomic import atomic_write_text
+
+        command = "python benchmarks/critic_investigation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        atomic_write_text(args.markdown, markdown(rows, command.strip()))
     return 0
 
 

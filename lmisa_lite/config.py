@@ -98,6 +98,11 @@ class TrainConfig:
             cross-entropy, so the target domain is supervised too (needs target labels). An upper bound to
             compare against, not domain adaptation.
         flip_augment: Random flips along every axis (off by default: the published 2D model used none).
+        foreground_share: 3D: share of labelled source patches centred on a random foreground voxel (the
+            rest, and every target patch, are placed uniformly); None uses
+            :data:`lmisa_lite.sampling.FOREGROUND_SHARE` (a third), 0 places every patch uniformly.
+        augment_3d: 3D: rotate (about z), zoom and shift each patch as the published 3D model was trained
+            (:func:`lmisa_lite.sampling.sample_batch`).
         val_every: Validate every this many steps (and after the last step) when validation cases are given.
         val_batch_size: Images or patches per validation forward pass.
         checkpoint_every: Write ``last.pt`` every this many steps (and after the last step).
@@ -166,6 +171,8 @@ class TrainConfig:
     use_shape_constraint: bool = True
     supervise_target: bool = False
     flip_augment: bool = False
+    foreground_share: float | None = None
+    augment_3d: bool = False
     val_every: int = 50
     val_batch_size: int = 8
     checkpoint_every: int = 100
@@ -228,6 +235,8 @@ class TrainConfig:
         if min(self.alpha, self.beta, self.gp_weight) < 0:
             raise ValueError(f"alpha={self.alpha}, beta={self.beta}, gp_weight={self.gp_weight}: "
                              "expected >= 0")
+        if self.foreground_share is not None and not 0 <= self.foreground_share <= 1:
+            raise ValueError(f"foreground_share={self.foreground_share}: expected a share in [0, 1] or None")
         if self.gp_on not in GP_PLACES:
             raise ValueError(f"gp_on={self.gp_on!r}: expected one of {list(GP_PLACES)}")
         if self.critic_real not in CRITIC_REAL:

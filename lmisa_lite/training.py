@@ -363,7 +363,8 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
     def draw(pool: Pool, stream: int, step: int):
         generator = step_generator(config.seed, step, stream=stream, rank=group.rank)
         x, y = sample_batch(pool, batch_size=config.batch_size, patch_size=config.image_size,
-                            generator=generator, flip=config.flip_augment)
+                            generator=generator, flip=config.flip_augment,
+                            foreground_share=config.foreground_share, augment=config.augment_3d)
         return x.to(device).contiguous(memory_format=fmt), None if y is None else y.to(device)
 
     with ExitStack() as scope:  # undone on exit, errors included

@@ -111,3 +111,4 @@ def test_warm_up_keeps_the_critic_out_of_the_network_loss_but_trains_it():
     history = train(config, ct, mri).history
     assert [math.isnan(v) for v in history["loss_adv"]] == [True, True, False, False]
     assert all(math.isfinite(v) for v in history["loss_critic"])
+

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from data_utils.phantoms import make_dataset
+from lmisa_lite.config import TrainConfig
 from lmisa_lite.sampling import FOREGROUND_SHARE, LABELLED_SOURCE, Pool, sample_batch, step_generator
+from lmisa_lite.training import train
 
 PATCH = (16, 16, 8)
 
@@ -88,3 +91,18 @@ def test_2d_pools_are_unchanged_by_the_3d_options():
 def test_bad_share(share):
     with pytest.raises(ValueError, match="foreground_share"):
         _draw(_pool(), 0, foreground_share=share)
+
+
+def test_3d_sampling_switches_reach_the_patches():
+    ct = make_dataset("kidney", "ct", n=1, dims=3, seed=0, shape=(48, 48, 24))
+    mri = make_dataset("kidney", "mri", n=1, dims=3, seed=1, shape=(48, 48, 24))
+    base = dict(spatial_dims=3, image_size=(16, 16, 8), base_filters=2, steps=2, progress=False,
+                use_shape_constraint=False, val_every=1)
+    seen = {}
+    for share in (0.0, 1.0):
+        history = train(TrainConfig(foreground_share=share, augment_3d=True, **base), ct, mri,
+                        val=ct).history
+        seen[share] = history["loss_seg"]
+    assert seen[0.0] != seen[1.0]  # other patches, other losses
+    with pytest.raises(ValueError, match="foreground_share"):
+        TrainConfig(foreground_share=1.5)
