@@ -65,6 +65,11 @@ ARMS = {
     "n_critic_3": dict(n_critic=3),
     "mlngm_recon_1800": dict(steps=1800, lr_decay_every=300, **_NO_CRITIC),
     "lmisa_1800": dict(steps=1800, lr_decay_every=300),
+    # at the longer budget (where the source validation has flattened): the single changes that raised the
+    # target Dice at 900 steps, alone and combined
+    "weight_0.2_1800": dict(steps=1800, lr_decay_every=300, adv_weight=0.2),
+    "sharpened_weight_0.2_1800": dict(steps=1800, lr_decay_every=300, critic_fake_temperature=0.5, adv_weight=0.2),
+    "sharpened_n_critic_3_1800": dict(steps=1800, lr_decay_every=300, critic_fake_temperature=0.5, n_critic=3),
 }
 
 
