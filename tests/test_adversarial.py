@@ -70,7 +70,7 @@ def test_fake_maps_are_sharpened_by_the_temperature():
 def test_adversarial_scale_warms_up_then_ramps():
     config = TrainConfig(adv_weight=2.0, adv_warmup=10, adv_ramp=4)
     assert [adversarial_scale(config, s) for s in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
-    assert adversarial_scale(TrainConfig(), 0) == 1.0
+    assert adversarial_scale(TrainConfig(), 0) == TrainConfig().adv_weight
     assert adversarial_scale(TrainConfig(use_shape_constraint=False), 50) == 0.0
 
 

@@ -196,7 +196,7 @@ def test_each_variant_records_its_loss_terms(domains, name):
     row = {k: v[0] for k, v in history.items()}
     expected = 40 * row["loss_seg"]
     expected += 0 if math.isnan(row["loss_rec"]) else 40 * row["loss_rec"]
-    expected += 0 if math.isnan(row["loss_adv"]) else row["loss_adv"]
+    expected += 0 if math.isnan(row["loss_adv"]) else result.config.adv_weight * row["loss_adv"]
     assert row["loss_g"] == pytest.approx(expected, rel=1e-5)
     if "loss_critic" in present:
         assert row["loss_critic"] == pytest.approx(-row["wasserstein"] + 10 * row["gp"], rel=1e-5, abs=1e-6)
