@@ -66,6 +66,18 @@ class _ChannelsLastCat(torch.autograd.Function):
         return tuple(g.contiguous(memory_format=fmt) for g in grad.split(ctx.sizes, dim=1))
 
 
+class _PlainGradient(torch.autograd.Function):
+    """Identity whose backward hands on the gradient in plain (contiguous) layout."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
 def _cat_channels(inputs: list[Tensor]) -> Tensor:
     """``torch.cat(inputs, dim=1)``, with dense channels-last gradients for channels-last inputs."""
     if torch.is_grad_enabled() and all(_is_channels_last(x) for x in inputs):
@@ -79,10 +91,15 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     PyTorch's instance norm returns plain (channels-first) tensors whatever its input; every later
     elementwise op on a mix of both formats then takes a slow strided path (leaky ReLU's backward about ten
     times slower on CPU). Converting the output back costs one copy. Same parameters, same values.
+
+    Input and incoming gradient are made plain first: on a channels-last batch of one image, PyTorch 2.13's
+    instance norm computes the right output but wrong gradients on CPU (input and weight gradients off by the
+    size of the gradients themselves), which kept every one-image pass from learning. For larger batches it
+    makes them plain itself, so this costs nothing there.
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        return _channels_last_like(super().forward(input), input)
+        return _channels_last_like(_PlainGradient.apply(super().forward(input.contiguous())), input)
 
 
 class InstanceNorm3d(nn.InstanceNorm3d):
@@ -90,7 +107,7 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     :class:`InstanceNorm2d`)."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return _channels_last_like(super().forward(input), input)
+        return _channels_last_like(_PlainGradient.apply(super().forward(input.contiguous())), input)
 
 
 # decoder normalisations by name (LMISANet(norm=...)), one class per spatial dimensionality

@@ -334,3 +334,46 @@ def test_max_pool_stays_bfloat16_under_autocast():
         out = _max_pool(pool, x)
         assert torch.is_autocast_enabled("cpu")  # restored
     assert out.dtype == torch.bfloat16 and torch.equal(out.float(), pool(x.float()))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_instance_norm_gradients_do_not_depend_on_the_memory_format(dims, batch):
+    # PyTorch's own instance norm gets the gradients of a channels-last batch of one image wrong on CPU;
+    # the network's instance norm must not.
+    from lmisa_lite.networks import NORMS
+
+    torch.manual_seed(0)
+    shape = (batch, 8) + (12,) * dims
+    x, g = torch.randn(shape), torch.randn(shape)
+    grads = []
+    for fmt in (torch.contiguous_format, channels_last_format(dims, True)):
+        norm = NORMS["instance"][dims](8)
+        with torch.no_grad():
+            norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+            norm.bias.copy_(torch.linspace(-1.0, 1.0, 8))
+        xx = x.clone().contiguous(memory_format=fmt).requires_grad_()
+        y = norm(xx)
+        assert y.is_contiguous(memory_format=fmt)
+        y.backward(g.contiguous(memory_format=fmt))
+        grads.append((y.detach(), xx.grad, norm.weight.grad, norm.bias.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_a_one_image_pass_learns_in_channels_last():
+    # The source-only variants at batch 1 pass one image per step; their gradients must match plain layout.
+    config = tiny(batch_size=1, use_reconstruction=False, use_shape_constraint=False, amp=False)
+    model, _ = build_networks(config)
+    batches = tiny_batches(config)
+    grads = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net = copy.deepcopy(model).to(memory_format=fmt)
+        cfg = TrainConfig(**{**config.to_dict(), "channels_last": fmt == torch.channels_last})
+        losses = training._generator_losses(cfg, net, None, {k: v if v is None or v.dim() < 4 else
+                                                              v.contiguous(memory_format=fmt)
+                                                              for k, v in batches.items()})
+        losses["loss_g"].backward()
+        grads[fmt] = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    for a, b in zip(grads[torch.contiguous_format], grads[torch.channels_last]):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
