@@ -5,8 +5,10 @@ Each step draws three batches: labelled source images (segmentation loss), unlab
 network and ``D`` the shape critic::
 
     generator: loss_g = beta * CE(seg(xs), ys) + alpha * (wMSE(rec(xu), xu) + wMSE(rec(xt), xt))
-                        - mean(D(softmax(seg(xt))[foreground]))
+                        - adv_weight * mean(D(softmax(seg(xt))[foreground]))
     critic:    loss_c = mean(D(fake)) - mean(D(one_hot(ys)[foreground])) + gp_weight * GP
+
+What the critic compares, and when its term is on, is set in :mod:`lmisa_lite.adversarial`.
 
 Target labels are never used (unless ``supervise_target``), neither for training nor for choosing the
 checkpoint: ``best.pt`` is the step with the lowest loss on labelled *source* validation cases.
