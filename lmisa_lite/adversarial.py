@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from lmisa_lite.config import TrainConfig
 from lmisa_lite.device import autocast, channels_last_format
 from lmisa_lite.losses import critic_wasserstein, foreground_probs, gradient_penalty, one_hot_foreground
+from lmisa_lite.networks import batched_forward
 
 __all__ = ["adversarial_scale", "critic_update", "fake_maps", "real_maps", "smooth_maps"]
 
@@ -44,7 +45,7 @@ def adversarial_scale(config: TrainConfig, step: int) -> float:
         >>> [adversarial_scale(config, s) for s in (0, 99, 149, 199, 500)]
         [0.0, 0.0, 0.25, 0.5, 0.5]
     """
-    if config.use_shape_constraint is False or step < config.adv_warmup:
+    if not config.use_shape_constraint or step < config.adv_warmup:
         return 0.0
     if config.adv_ramp <= 0:
         return float(config.adv_weight)
@@ -71,7 +72,7 @@ def smooth_maps(maps: Tensor, sigma: float) -> Tensor:
     conv = F.conv2d if dims == 2 else F.conv3d
     out = maps
     for axis in range(dims):
-        shape = [1, 1] + [1] * dims
+        shape = [1] * (2 + dims)
         shape[2 + axis] = kernel.numel()
         pad = [0, 0] * dims
         pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = radius
@@ -136,7 +137,7 @@ def critic_update(config: TrainConfig, critic: nn.Module, opt_c: torch.optim.Opt
     for _ in range(config.n_critic):
         with autocast(device, amp_dtype):
             if config.batched_passes:
-                real_scores, fake_scores = (critic(torch.cat([real, fake])).split([len(real), len(fake)]))
+                real_scores, fake_scores = batched_forward(critic, [real, fake])
             else:
                 real_scores, fake_scores = critic(real), critic(fake)
         loss_w = critic_wasserstein(real_scores.float(), fake_scores.float())

@@ -22,6 +22,7 @@ Generator, for ``base_filters=16, depth=4`` (channels @ resolution, S the input 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from functools import partial
 
 import torch
@@ -83,6 +84,24 @@ def _instance_norm(norm: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     if len(x) == 1 and _is_channels_last(x):
         return _channels_last_like(_PlainGradient.apply(norm(x.contiguous())), x)
     return _channels_last_like(norm(x), x)
+
+
+def batched_forward(module: nn.Module, inputs: Sequence[Tensor]) -> list[Any]:
+    """``module`` on the concatenation of ``inputs`` (along the batch), its outputs split back: one entry per
+    input, a tuple when the module returns several tensors. With instance norm (or none, as in the critic)
+    this equals one pass per input, in fewer, larger convolutions.
+
+    Examples:
+        >>> [tuple(y.shape) for y in batched_forward(nn.Identity(), [torch.zeros(2, 1), torch.zeros(3, 1)])]
+        [(2, 1), (3, 1)]
+    """
+    if len(inputs) == 1:
+        return [module(inputs[0])]
+    sizes = [len(x) for x in inputs]
+    out = module(torch.cat(list(inputs)))
+    if isinstance(out, Tensor):
+        return list(out.split(sizes))
+    return list(zip(*(o.split(sizes) for o in out)))
 
 
 def _cat_channels(inputs: list[Tensor]) -> Tensor:

@@ -52,7 +52,7 @@ from lmisa_lite.distributed import (ProcessGroup, broadcast_buffers, init_distri
                                     unwrap, wrap)
 from lmisa_lite.adversarial import adversarial_scale, critic_update, fake_maps
 from lmisa_lite.losses import LOSS_TERMS, generator_adversarial, segmentation_ce, weighted_mse
-from lmisa_lite.networks import LMISANet, ShapeCritic
+from lmisa_lite.networks import LMISANet, ShapeCritic, batched_forward
 from lmisa_lite.sampling import (LABELLED_SOURCE, TARGET, UNLABELLED_SOURCE, Pool, grid_batches, prepare_pool,
                                  sample_batch, step_generator)
 
@@ -234,18 +234,6 @@ def _networks_and_optimisers(config: TrainConfig, device: torch.device, amp_dtyp
                 scaler=scaler, ema=ema)
 
 
-def _batched(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[Any]:
-    """``module`` on the concatenation of ``inputs`` (along the batch), its outputs split back: one entry per
-    input, a tuple when the module returns several tensors."""
-    if len(inputs) == 1:
-        return [module(inputs[0])]
-    sizes = [len(x) for x in inputs]
-    out = module(torch.cat(list(inputs)))
-    if isinstance(out, torch.Tensor):
-        return list(out.split(sizes))
-    return list(zip(*(o.split(sizes) for o in out)))
-
-
 def _generator_losses(config: TrainConfig, model: nn.Module, critic: nn.Module | None, batches: dict,
                       adv_scale: float = 1.0) -> dict[str, Any]:
     """The generator's loss and its terms for one step: segment the source, reconstruct both domains, fool
@@ -267,7 +255,7 @@ def _generator_losses(config: TrainConfig, model: nn.Module, critic: nn.Module |
         names.append("u")
     inputs = [batches["x" + name] for name in names]
     if config.batched_passes and config.norm == "instance":
-        outputs = _batched(model, inputs)
+        outputs = batched_forward(model, inputs)
     else:
         outputs = [model(x) for x in inputs]
     rec, logits = {}, {}
