@@ -10,8 +10,18 @@ The same map is then rendered through CT or MR physics, so ``make_phantom(task, 
 
 Axes follow the package convention ``(X, Y)`` / ``(X, Y, Z)``: X towards the patient's right, Y towards
 anterior, Z towards superior (RAS), axial slices along the last axis. The field of view is fixed
-(:data:`FIELD_OF_VIEW_MM`), so the anatomy scales with ``shape`` and the spacing is FOV / shape. A 2D phantom
-is the same anatomy evaluated directly on one axial plane through the organs of interest.
+(:data:`FIELD_OF_VIEW_MM`), so the anatomy scales with ``shape`` and the spacing is FOV / shape.
+
+One anatomy for 2D and 3D: a 2D phantom is one axial slice of the subject's default volume
+(:data:`DEFAULT_SHAPES` ``[3]``), evaluated directly on that plane. The slice (:func:`axial_slice`) is drawn
+uniformly from the volume's slices, so 2D cases lack the organ as often as the slices of a volume do, and the
+default 2D grid is the volume's in-plane grid (96 x 96 at 3.33 mm): a 2D model meets the same images whether it
+is tested on 2D cases or slice by slice on volumes. The label map of a 2D case equals that slice of the volume's
+(the image differs in its noise, which is drawn on the grid it is rendered on).
+
+``plane="organs"`` gives the 2D layout of earlier versions instead: the plane through the middle of the organs
+of interest, so every case holds them. With ``shape=(128, 128)`` it reproduces the phantoms that the committed
+tables of ``results/investigation`` and ``results/speed`` were measured on.
 
 Seeds: ``make_phantom(..., seed=s)`` is subject ``s`` (anatomy from ``(s, task)``; scanner settings and noise
 from ``(s, task, modality)``). ``make_dataset(task, modality, n=n, seed=k)`` takes subject seeds from
@@ -34,7 +44,9 @@ __all__ = [
     "DEFAULT_SHAPES",
     "FIELD_OF_VIEW_MM",
     "MODALITIES",
+    "PLANES",
     "TASKS",
+    "axial_slice",
     "make_dataset",
     "make_phantom",
     "make_tissue_map",
@@ -44,7 +56,9 @@ __all__ = [
 TASKS = ("kidney", "heart")
 MODALITIES = ("ct", "mri", "mri_t2", "ct_noncontrast")
 CLASS_NAMES = {"kidney": ["background", "kidney"], "heart": ["background", "MYO", "LAC", "LVC", "AA"]}
-DEFAULT_SHAPES = {2: (128, 128), 3: (96, 96, 48)}
+DEFAULT_SHAPES = {2: (96, 96), 3: (96, 96, 48)}
+#: Where a 2D phantom cuts its subject: a uniformly drawn slice of the volume (default) or the organs' plane.
+PLANES = ("volume", "organs")
 FIELD_OF_VIEW_MM = (320.0, 320.0, 192.0)
 _MODALITY_CODES = {"ct": 1, "mri": 2, "mri_t2": 3, "ct_noncontrast": 4}
 _TASK_CODES = {"kidney": 1, "heart": 2}
@@ -105,15 +119,39 @@ def _coarse_noise(shape: tuple[int, ...], spacing: Sequence[float], rng: np.rand
     return field
 
 
-def _subject(task: str, dims: int, shape: tuple[int, ...],
-             seed: int) -> tuple[np.ndarray, np.random.Generator, tuple[float, ...]]:
+def axial_slice(task: str, seed: int) -> int:
+    """Which slice of the subject's default volume its 2D phantom is: an index along z, uniform over slices.
+
+    Args:
+        task: ``"kidney"`` or ``"heart"``.
+        seed: Subject seed (non-negative integer).
+
+    Returns:
+        The index ``k`` such that ``make_phantom(task, m, dims=2, seed=seed)`` shows the plane of
+        ``make_phantom(task, m, dims=3, seed=seed)[..., k]`` (default shapes).
+
+    Examples:
+        >>> 0 <= axial_slice("kidney", 3) < DEFAULT_SHAPES[3][2]
+        True
+    """
+    _check(task, 2, None, seed)
+    rng = np.random.default_rng([seed, _TASK_CODES[task], 200])  # its own stream: the anatomy is unchanged
+    return int(rng.integers(DEFAULT_SHAPES[3][2]))
+
+
+def _subject(task: str, dims: int, shape: tuple[int, ...], seed: int,
+             plane: str = "volume") -> tuple[np.ndarray, np.random.Generator, tuple[float, ...]]:
     """Structure map (``shape + (1,)`` in 2D), the subject's texture generator and the 3-axis spacing."""
     geo, tex = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, _TASK_CODES[task]]).spawn(2))
     shape3 = tuple(shape) + (1,) * (3 - dims)
     spacing = tuple(f / n for f, n in zip(FIELD_OF_VIEW_MM, shape))
     spacing3 = spacing + (FIELD_OF_VIEW_MM[2],) * (3 - dims)
-    def canvas_at(z_plane: float) -> Canvas:  # anatomy fixes the 2D plane before anything is painted
-        cv = Canvas(list(STRUCTURES[task]), shape3, spacing3, z_plane if dims == 2 else None, geo)
+    nz = DEFAULT_SHAPES[3][2]
+    z_slice = (axial_slice(task, seed) + 0.5 - nz / 2) * FIELD_OF_VIEW_MM[2] / nz  # a slice of the volume
+
+    def canvas_at(organ_plane: float) -> Canvas:  # the anatomy names its organs' plane before painting
+        z = None if dims == 3 else organ_plane if plane == "organs" else z_slice
+        cv = Canvas(list(STRUCTURES[task]), shape3, spacing3, z, geo)
         cv.blob = smooth_noise(shape3, [3.0 / s if n > 1 else 0.0 for n, s in zip(shape3, spacing3)], tex)
         cv.lumps = _coarse_noise(shape3, spacing3, tex)
         return cv
@@ -122,8 +160,8 @@ def _subject(task: str, dims: int, shape: tuple[int, ...],
     return cv.ids, tex, spacing3
 
 
-def make_tissue_map(task: str, *, dims: int = 3, shape: Sequence[int] | None = None,
-                    seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def make_tissue_map(task: str, *, dims: int = 3, shape: Sequence[int] | None = None, seed: int = 0,
+                    plane: str = "volume") -> tuple[np.ndarray, list[str]]:
     """The structure map a phantom is rendered from (same subject and seeds as :func:`make_phantom`).
 
     Args:
@@ -131,6 +169,7 @@ def make_tissue_map(task: str, *, dims: int = 3, shape: Sequence[int] | None = N
         dims: 2 (one axial slice) or 3.
         shape: Array shape, by default :data:`DEFAULT_SHAPES` ``[dims]``.
         seed: Subject seed (non-negative integer).
+        plane: 2D only: ``"volume"`` or ``"organs"``, as in :func:`make_phantom`.
 
     Returns:
         ``(structures, names)``: a uint8 map ``(X, Y)`` or ``(X, Y, Z)`` and the structure name of each value.
@@ -141,14 +180,15 @@ def make_tissue_map(task: str, *, dims: int = 3, shape: Sequence[int] | None = N
     Examples:
         >>> ids, names = make_tissue_map("kidney", dims=2, seed=3)
         >>> ids.shape, names[ids[0, 0]]
-        ((128, 128), 'outside')
+        ((96, 96), 'outside')
     """
     shape = _check(task, dims, shape, seed)
-    return _subject(task, dims, shape, seed)[0].reshape(shape), list(STRUCTURES[task])
+    _check_choice("plane", plane, PLANES)
+    return _subject(task, dims, shape, seed, plane)[0].reshape(shape), list(STRUCTURES[task])
 
 
 def make_phantom(task: str, modality: str, *, dims: int = 3, shape: Sequence[int] | None = None,
-                 seed: int = 0) -> Case:
+                 seed: int = 0, plane: str = "volume") -> Case:
     """One synthetic subject, rendered in one modality.
 
     Args:
@@ -156,11 +196,15 @@ def make_phantom(task: str, modality: str, *, dims: int = 3, shape: Sequence[int
             AA = 4).
         modality: ``"ct"`` (contrast-enhanced), ``"mri"`` (kidney: T1-weighted spin echo; heart: bright-blood
             bSSFP), or the unseen contrasts ``"mri_t2"`` (T2-weighted spin echo) and ``"ct_noncontrast"``.
-        dims: 2 for one axial slice through the organs of interest ``(X, Y)``, 3 for a volume ``(X, Y, Z)``.
-        shape: Array shape; default ``(128, 128)`` in 2D and ``(96, 96, 48)`` in 3D. The field of view is
-            fixed, so the spacing is :data:`FIELD_OF_VIEW_MM` / shape (2.5 mm in 2D, 3.33 x 3.33 x 4 mm
-            in 3D).
+        dims: 2 for one axial slice of the subject's volume ``(X, Y)`` (:func:`axial_slice`; it may miss the
+            organs, as slices of a volume do), 3 for a volume ``(X, Y, Z)``.
+        shape: Array shape; default ``(96, 96)`` in 2D and ``(96, 96, 48)`` in 3D. The field of view is
+            fixed, so the spacing is :data:`FIELD_OF_VIEW_MM` / shape (3.33 mm in plane, 4 mm between the
+            slices of a volume).
         seed: Subject seed; the same seed gives the same anatomy and label map in every modality.
+        plane: 2D only: ``"volume"`` (default) cuts the slice :func:`axial_slice` of the subject's volume;
+            ``"organs"`` the plane through the middle of the organs of interest (every case holds them; the
+            2D phantoms of earlier versions, which were 128 x 128).
 
     Returns:
         A :class:`~data_utils.case.Case` with a float32 image (CT in HU; MRI non-negative, arbitrary units),
@@ -171,12 +215,13 @@ def make_phantom(task: str, modality: str, *, dims: int = 3, shape: Sequence[int
 
     Examples:
         >>> case = make_phantom("heart", "mri", dims=2, seed=7)
-        >>> case.case_id, case.image.shape, case.image.dtype.name, case.spacing
-        ('heart_mri_s0007', (128, 128), 'float32', (2.5, 2.5))
+        >>> case.case_id, case.image.shape, case.image.dtype.name, [round(s, 2) for s in case.spacing]
+        ('heart_mri_s0007', (96, 96), 'float32', [3.33, 3.33])
     """
     shape = _check(task, dims, shape, seed)
     _check_choice("modality", modality, MODALITIES)
-    ids, tex, spacing3 = _subject(task, dims, shape, seed)
+    _check_choice("plane", plane, PLANES)
+    ids, tex, spacing3 = _subject(task, dims, shape, seed, plane)
     texture = smooth_noise(ids.shape, [0.8 if n > 1 else 0.0 for n in ids.shape], tex)  # tissue grain
     structures = STRUCTURES[task]
     common = {"tissues": [t for t, _ in structures.values()], "spacing": spacing3, "texture": texture}
@@ -198,7 +243,7 @@ def make_phantom(task: str, modality: str, *, dims: int = 3, shape: Sequence[int
 
 
 def make_dataset(task: str, modality: str, *, n: int, dims: int = 2, seed: int = 0,
-                 shape: Sequence[int] | None = None) -> list[Case]:
+                 shape: Sequence[int] | None = None, plane: str = "volume") -> list[Case]:
     """``n`` phantoms of distinct subjects, unpaired across modalities and disjoint across ``seed`` values.
 
     Subject ``i`` has the seed drawn from ``numpy.random.SeedSequence([seed, modality_code, i])``, so a CT
@@ -212,6 +257,7 @@ def make_dataset(task: str, modality: str, *, n: int, dims: int = 2, seed: int =
         dims: 2 or 3.
         seed: Data-set seed (non-negative integer).
         shape: Array shape, as in :func:`make_phantom`.
+        plane: 2D only: ``"volume"`` or ``"organs"``, as in :func:`make_phantom`.
 
     Returns:
         A list of ``n`` cases; each ``case_id`` ends in the subject seed that :func:`make_phantom` accepts.
@@ -230,4 +276,5 @@ def make_dataset(task: str, modality: str, *, n: int, dims: int = 2, seed: int =
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     subjects = [int(np.random.SeedSequence([seed, _MODALITY_CODES[modality], i]).generate_state(1)[0])
                 for i in range(n)]
-    return [make_phantom(task, modality, dims=dims, shape=shape, seed=s) for s in subjects]
+    _check_choice("plane", plane, PLANES)
+    return [make_phantom(task, modality, dims=dims, shape=shape, seed=s, plane=plane) for s in subjects]

@@ -145,7 +145,7 @@ def evaluate_unseen(
         dims: 2 or 3, the models' spatial dimensions.
         direction: The direction the models were trained in; needed when ``modality`` is None, and used to
             refuse a ``modality`` that training did use.
-        shape: Phantom shape; None uses the default (``(128, 128)`` in 2D). Use the training size.
+        shape: Phantom shape; None uses the default (``(96, 96)`` in 2D). Use the training size.
         use_mlngm: None (the default): each model's input is read from the model (``model.input_kind``).
             A bool or ``{name: bool}`` only confirms it; one that contradicts a model raises ValueError.
         device: Inference device.

@@ -54,8 +54,8 @@ def body_mask(task: str, *, dims: int = 2, shape: Sequence[int] | None = None, s
 
     Examples:
         >>> mask = body_mask("kidney", seed=3)
-        >>> mask.shape, bool(mask[0, 0]), bool(mask[64, 64])
-        ((128, 128), False, True)
+        >>> mask.shape, bool(mask[0, 0]), bool(mask[48, 48])
+        ((96, 96), False, True)
     """
     ids, names = make_tissue_map(task, dims=dims, shape=shape, seed=seed)
     outside = [k for k, name in enumerate(names) if name in OUTSIDE_BODY]

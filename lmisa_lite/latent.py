@@ -405,7 +405,8 @@ def domain_alignment(model: torch.nn.Module, source: Sequence[Any], target: Sequ
 
     Args:
         model: A trained 2D :class:`~lmisa_lite.networks.LMISANet`.
-        source: At least 4 cases with ``image`` ``(X, Y)`` and ``label``, e.g. ``make_phantom(..., seed=k)``.
+        source: At least 4 cases with ``image`` ``(X, Y)`` and a ``label`` holding some foreground, e.g.
+            ``make_phantom(..., seed=k)`` for subjects whose slice cuts the organ.
         target: The same subjects in the target domain, in the same order.
         names: Domain names for :attr:`LatentAlignment.domains`.
         folds: Cross-validation folds of the domain classifier, at most ``len(source)``.

@@ -308,8 +308,8 @@ def test_bottleneck_features_masks_on_padded_images_and_bad_masks(tiny_net):
 
 
 def test_domain_alignment_on_paired_phantoms(tiny_net):
-    ct = [make_phantom("kidney", "ct", dims=2, shape=(32, 32), seed=k) for k in range(5)]
-    mri = [make_phantom("kidney", "mri", dims=2, shape=(32, 32), seed=k) for k in range(5)]
+    ct = [make_phantom("kidney", "ct", dims=2, shape=(32, 32), seed=k, plane="organs") for k in range(5)]
+    mri = [make_phantom("kidney", "mri", dims=2, shape=(32, 32), seed=k, plane="organs") for k in range(5)]
     result = domain_alignment(tiny_net, ct, mri, names=("CT", "MRI"), folds=3, device="cpu")
     assert set(result.scores) == {"domain_accuracy", "proxy_a_distance", "cka", "foreground_shift"}
     assert result.features.shape == (10, 32) and result.domains == ["CT"] * 5 + ["MRI"] * 5

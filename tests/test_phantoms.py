@@ -8,9 +8,11 @@ from scipy import ndimage
 from data_utils.case import Case
 from data_utils.phantoms import (
     CLASS_NAMES,
+    DEFAULT_SHAPES,
     FIELD_OF_VIEW_MM,
     MODALITIES,
     TASKS,
+    axial_slice,
     make_dataset,
     make_phantom,
     make_tissue_map,
@@ -31,6 +33,16 @@ def _body(task: str, *, dims: int = 2, shape=None, seed: int = 0) -> np.ndarray:
     return (ids != names.index("outside")) & (ids != names.index("table"))
 
 
+def _seeds_with(task: str, n: int) -> list[int]:
+    """The first ``n`` subject seeds whose 2D slice (a random slice of the volume) holds every label."""
+    seeds, seed = [], 0
+    while len(seeds) < n:
+        label = make_phantom(task, "ct", dims=2, seed=seed).label
+        seeds += [seed] if set(np.unique(label)) == set(range(num_classes(task))) else []
+        seed += 1
+    return seeds
+
+
 def _zscore_in(image: np.ndarray, region: np.ndarray) -> np.ndarray:
     return (image - image[region].mean()) / image[region].std()
 
@@ -40,10 +52,10 @@ def _zscore_in(image: np.ndarray, region: np.ndarray) -> np.ndarray:
 def test_2d_defaults(task):
     case = make_phantom(task, "ct", dims=2)
     assert isinstance(case, Case)
-    assert case.image.shape == case.label.shape == (128, 128)
+    assert case.image.shape == case.label.shape == (96, 96) == DEFAULT_SHAPES[3][:2]
     assert case.image.dtype == np.float32 and case.label.dtype == np.uint8
-    assert case.spacing == (2.5, 2.5)
-    assert np.allclose(np.diag(case.affine), (2.5, 2.5, 1.0, 1.0))
+    assert case.spacing == pytest.approx((320 / 96, 320 / 96))  # the volumes' in-plane grid
+    assert np.allclose(np.diag(case.affine), (320 / 96, 320 / 96, 1.0, 1.0))
     assert (case.case_id, case.modality, case.task) == (f"{task}_ct_s0000", "ct", task)
 
 
@@ -56,7 +68,7 @@ def test_3d_defaults_and_spacing():
 
 
 def test_custom_shape_keeps_the_field_of_view():
-    case = make_phantom("heart", "ct", dims=2, shape=(64, 80), seed=1)
+    case = make_phantom("heart", "ct", dims=2, shape=(64, 80), seed=_seeds_with("heart", 1)[0])
     assert case.image.shape == (64, 80)
     assert case.spacing == pytest.approx((FIELD_OF_VIEW_MM[0] / 64, FIELD_OF_VIEW_MM[1] / 80))
     assert set(np.unique(case.label)) >= {1, 2, 3, 4}
@@ -69,6 +81,32 @@ def test_constants():
     assert (num_classes("kidney"), num_classes("heart")) == (2, 5)
 
 
+# ------------------------------------------------------------------------------ one anatomy for 2D and 3D
+@pytest.mark.parametrize("task", TASKS)
+def test_a_2d_case_is_a_slice_of_the_subjects_volume(task):
+    for seed in range(3):
+        k = axial_slice(task, seed)
+        volume = make_phantom(task, "mri", dims=3, seed=seed)
+        case = make_phantom(task, "mri", dims=2, seed=seed)
+        assert case.spacing == pytest.approx(volume.spacing[:2])
+        np.testing.assert_array_equal(case.label, volume.label[..., k])
+        ids2, _ = make_tissue_map(task, dims=2, seed=seed)
+        ids3, _ = make_tissue_map(task, dims=3, seed=seed)
+        assert np.mean(ids2 == ids3[..., k]) > 0.9  # only noise-drawn details (vessels, gas, bowel) differ
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_2d_cases_lack_the_organ_as_often_as_volume_slices(task):
+    slices = [axial_slice(task, seed) for seed in range(400)]
+    assert min(slices) == 0 and max(slices) == DEFAULT_SHAPES[3][2] - 1
+    assert abs(np.mean(slices) - (DEFAULT_SHAPES[3][2] - 1) / 2) < 2.5  # uniform over the volume's slices
+    empty_2d = np.mean([not c.label.any() for c in make_dataset(task, "ct", n=40, dims=2, seed=0)])
+    volumes = make_dataset(task, "ct", n=4, dims=3, seed=0)
+    empty_3d = np.mean([1 - c.label.any(axis=(0, 1)).mean() for c in volumes])
+    assert 0.1 < empty_3d < 0.6 and 0.05 < empty_2d < 0.7
+    assert abs(empty_2d - empty_3d) < 0.25  # 40 draws against 4 volumes: a loose bound
+
+
 # ----------------------------------------------------------------------------------------- seeds, pairing
 @pytest.mark.parametrize("dims, shape", [(2, None), (3, SMALL_3D)])
 def test_same_seed_is_bit_identical(dims, shape):
@@ -79,7 +117,7 @@ def test_same_seed_is_bit_identical(dims, shape):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_different_seeds_give_different_subjects(task):
-    a, b = (make_phantom(task, "ct", dims=2, seed=s) for s in (0, 1))
+    a, b = (make_phantom(task, "ct", dims=2, seed=s) for s in _seeds_with(task, 2))
     assert not np.array_equal(a.label, b.label)
     assert not np.allclose(a.image, b.image)
 
@@ -101,7 +139,7 @@ def test_datasets_are_unpaired_and_splits_disjoint():
     ids = [c.case_id for c in ct0 + mri0 + ct1]
     assert len(set(ids)) == 12
     for other in mri0 + ct1:
-        assert not any(np.array_equal(other.label, c.label) for c in ct0)
+        assert not any(other.label.any() and np.array_equal(other.label, c.label) for c in ct0)
     assert [c.case_id for c in make_dataset("kidney", "ct", n=4, dims=2, seed=0)] == [c.case_id for c in ct0]
     # a case_id names the subject seed that reproduces it
     again = make_phantom("kidney", "mri", dims=2, seed=int(mri0[2].case_id.rsplit("_s", 1)[1]))
@@ -110,14 +148,15 @@ def test_datasets_are_unpaired_and_splits_disjoint():
 
 
 # ----------------------------------------------------------------------------------------------- anatomy
-@pytest.mark.parametrize("dims, shape", [(2, None), (3, SMALL_3D)])
-def test_label_classes(dims, shape):
+def test_label_classes():
     for seed in range(3):
-        kidney = make_phantom("kidney", "ct", dims=dims, shape=shape, seed=seed).label
+        kidney = make_phantom("kidney", "ct", dims=3, shape=SMALL_3D, seed=seed).label
         assert set(np.unique(kidney)) == {0, 1}
+    for seed in range(12):
+        assert set(np.unique(make_phantom("kidney", "ct", dims=2, seed=seed).label)) <= {0, 1}
     complete = 0
     for seed in range(6):
-        heart = make_phantom("heart", "ct", dims=dims, shape=shape, seed=seed).label
+        heart = make_phantom("heart", "ct", dims=3, shape=SMALL_3D, seed=seed).label
         assert set(np.unique(heart)) <= {0, 1, 2, 3, 4}
         complete += set(np.unique(heart)) == {0, 1, 2, 3, 4}
     assert complete >= 5
@@ -125,19 +164,19 @@ def test_label_classes(dims, shape):
 
 def test_two_kidneys_left_and_right():
     for seed in range(6):
-        kidney = make_phantom("kidney", "mri", dims=2, seed=seed).label == 1
+        kidney = make_phantom("kidney", "mri", dims=3, shape=SMALL_3D, seed=seed).label == 1
         parts, n = ndimage.label(kidney)
         sizes = ndimage.sum(kidney, parts, range(1, n + 1))
         big = np.argsort(sizes)[::-1][:2] + 1
         assert sizes[big - 1].sum() >= 0.95 * kidney.sum()
         x = sorted(ndimage.center_of_mass(kidney, parts, big[i])[0] for i in range(2))
-        assert x[0] < 64 < x[1]  # one on each side of the midline
+        assert x[0] < SMALL_3D[0] / 2 < x[1]  # one on each side of the midline
 
 
 @pytest.mark.parametrize("dims, shape, least", [(2, None, 0.25), (3, SMALL_3D, 0.4)])
 def test_myocardium_surrounds_the_lv_cavity(dims, shape, least):
     shares = []
-    for seed in range(6):
+    for seed in (_seeds_with("heart", 6) if dims == 2 else range(6)):
         label = make_phantom("heart", "mri", dims=dims, shape=shape, seed=seed).label
         cavity = label == 3
         ring = ndimage.binary_dilation(cavity, iterations=1) & ~cavity
@@ -148,7 +187,7 @@ def test_myocardium_surrounds_the_lv_cavity(dims, shape, least):
 # ----------------------------------------------------------------------------------------------- physics
 def test_kidney_liver_contrast_flips_between_ct_and_t1():
     ct, t1 = [], []
-    for seed in range(10):
+    for seed in _seeds_with("kidney", 10):
         liver = _mask("kidney", "liver", seed=seed)
         if liver.sum() < 30:
             continue
@@ -171,9 +210,10 @@ def test_fat_and_bone_invert_between_ct_and_mri(task):
 
 
 def test_blood_and_myocardium_in_bssfp_and_cta():
-    label = make_phantom("heart", "ct", dims=2, seed=4).label
+    seed = _seeds_with("heart", 1)[0]
+    label = make_phantom("heart", "ct", dims=2, seed=seed).label
     for modality, blood_over_muscle in (("ct", 2.0), ("mri", 1.5)):
-        image = make_phantom("heart", modality, dims=2, seed=4).image
+        image = make_phantom("heart", modality, dims=2, seed=seed).image
         blood = [image[label == k].mean() for k in (2, 3, 4)]  # LA, LV cavity, aorta
         assert min(blood) > blood_over_muscle * image[label == 1].mean()  # bright blood, darker myocardium
         assert max(blood) / min(blood) < 1.4  # chambers and aorta look alike: shape must tell them apart
@@ -212,11 +252,11 @@ def test_bias_field_is_smooth_and_multiplicative():
 
 def test_mri_bias_differs_between_the_kidneys_but_ct_does_not():
     spread = {"ct": [], "mri": []}
-    for seed in range(6):
-        label = make_phantom("kidney", "ct", dims=2, seed=seed).label
-        side = np.arange(128)[:, None] < 64
+    for seed in range(6):  # whole kidneys: a slice cuts the two through different parts
+        label = make_phantom("kidney", "ct", dims=3, shape=SMALL_3D, seed=seed).label
+        side = np.arange(label.shape[0])[:, None, None] < label.shape[0] // 2
         for modality, values in spread.items():
-            image = make_phantom("kidney", modality, dims=2, seed=seed).image
+            image = make_phantom("kidney", modality, dims=3, shape=SMALL_3D, seed=seed).image
             left, right = image[(label == 1) & side].mean(), image[(label == 1) & ~side].mean()
             values.append(abs(left - right) / abs(left + right) * 2)
     assert np.median(spread["mri"]) > 2 * np.median(spread["ct"])
