@@ -300,3 +300,14 @@ def test_bad_dataset_and_helper_arguments():
         make_tissue_map("brain", dims=2)
     with pytest.raises(ValueError, match="task"):
         num_classes("brain")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_organs_plane_keeps_every_organ_in_every_slice(task):
+    cases = make_dataset(task, "ct", n=6, dims=2, seed=0, shape=(64, 64), plane="organs")
+    assert all(set(np.unique(c.label)) == set(range(num_classes(task))) for c in cases)
+    # the same subjects as the default slices, cut at another plane
+    default = make_dataset(task, "ct", n=6, dims=2, seed=0, shape=(64, 64))
+    assert [c.case_id for c in cases] == [c.case_id for c in default]
+    with pytest.raises(ValueError, match="plane"):
+        make_phantom(task, "ct", dims=2, plane="coronal")
