@@ -255,33 +255,48 @@ def sample_batch(pool: Pool, *, batch_size: int, patch_size: Sequence[int], gene
 
 
 def grid_batches(pool: Pool, *, patch_size: Sequence[int], batch_size: int
-                 ) -> Iterator[tuple[Tensor, Tensor, np.ndarray]]:
-    """Cover every labelled entry of ``pool`` in deterministic, non-overlapping batches (validation).
+                 ) -> Iterator[tuple[Tensor, Tensor, np.ndarray, Tensor]]:
+    """Cover every labelled entry of ``pool`` in deterministic batches (validation).
 
-    2D entries are taken whole; 3D volumes are padded to a multiple of ``patch_size`` and cut into a grid.
+    2D entries are taken whole. 3D volumes are tiled with windows of ``patch_size`` that lie inside the
+    volume: a regular grid, plus one window per axis moved back to end at the border where the size is not a
+    multiple of the patch. Padding instead would hand the network windows that are partly a constant block it
+    never saw in training, and with instance norm that block shifts the statistics of the whole window (the
+    validation Dice of a 64 x 64 x 32 model on a padded 96 x 96 x 48 volume read 0 while the same model scored
+    0.29 with sliding-window inference). Each voxel is *owned* by exactly one window, so counts over owned
+    voxels partition the volume.
 
     Args:
-        pool: A labelled :class:`Pool`.
+        pool: A labelled :class:`Pool` (3D volumes at least ``patch_size``, as :func:`prepare_pool` makes them).
         patch_size: 2D image size or 3D patch size.
         batch_size: Items per batch.
 
     Yields:
-        ``(images (B, 1, *P), labels (B, *P) int64, case_index (B,))``.
+        ``(images (B, 1, *P), labels (B, *P) int64, case_index (B,), owned (B, *P) bool)``: ``owned`` marks
+        the voxels that no earlier window of the case covered.
     """
+    def axis_windows(size: int, patch: int) -> list[tuple[int, slice]]:
+        """(corner, owned part in window coordinates) along one axis."""
+        if size < patch:
+            raise ValueError(f"volume size {size} is smaller than the patch {patch}: prepare the pool first")
+        regular = [(c, slice(0, patch)) for c in range(0, size - patch + 1, patch)]
+        covered = len(regular) * patch
+        return regular + ([(size - patch, slice(covered - (size - patch), patch))] if covered < size else [])
+
     def items():
         for i in range(len(pool)):
             x, y = pool.images[i], pool.labels[i]
             if x.ndim == 2:
-                yield x, y, pool.case_index[i]
+                yield x, y, pool.case_index[i], np.ones(x.shape, bool)
                 continue
-            shape = [-(-s // p) * p for s, p in zip(x.shape, patch_size)]
-            x, y = _fit(x, shape, float(x.min())), _fit(y, shape, 0)
-            for corner in itertools.product(*(range(0, s, p) for s, p in zip(shape, patch_size))):
-                window = tuple(slice(c, c + p) for c, p in zip(corner, patch_size))
-                yield x[window], y[window], pool.case_index[i]
+            for placed in itertools.product(*(axis_windows(s, p) for s, p in zip(x.shape, patch_size))):
+                window = tuple(slice(c, c + p) for (c, _), p in zip(placed, patch_size))
+                owned = np.zeros(tuple(patch_size), bool)
+                owned[tuple(part for _, part in placed)] = True
+                yield x[window], y[window], pool.case_index[i], owned
 
     iterator = items()
     while chunk := list(itertools.islice(iterator, batch_size)):
-        xs, ys, cs = zip(*chunk)
+        xs, ys, cs, owned = zip(*chunk)
         yield (torch.from_numpy(np.stack(xs)).unsqueeze(1), torch.from_numpy(np.stack(ys).astype(np.int64)),
-               np.array(cs))
+               np.array(cs), torch.from_numpy(np.stack(owned)))

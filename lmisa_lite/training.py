@@ -155,8 +155,9 @@ def update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
 def _validate(model: LMISANet, pool: Pool, config: TrainConfig, device: torch.device, n_cases: int,
               amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
     """Source validation: mean ``CE + alpha * wMSE`` over all images/patches, and the mean foreground Dice of
-    the cases (overlap counts summed over each case's slices or patches). The network runs in the memory
-    format and precision of training; losses and the argmax use float32 logits."""
+    the cases (overlap counts summed over each case's slices or patches, each voxel once; see
+    :func:`~lmisa_lite.sampling.grid_batches`). The network runs in the memory format and precision of
+    training; losses and the argmax use float32 logits."""
     num_classes = model.num_classes
     fmt = channels_last_format(config.spatial_dims, config.channels_last)
     inter = np.zeros((n_cases, num_classes - 1))
@@ -164,8 +165,8 @@ def _validate(model: LMISANet, pool: Pool, config: TrainConfig, device: torch.de
     loss_sum, count = 0.0, 0
     batches = grid_batches(pool, patch_size=config.image_size, batch_size=config.val_batch_size)
     with evaluation_mode(model, device):
-        for x, y, case_index in batches:
-            x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
+        for x, y, case_index, owned in batches:
+            x, y, owned = x.to(device).contiguous(memory_format=fmt), y.to(device), owned.to(device)
             with autocast(device, amp_dtype):
                 recon, logits = model(x)
             recon, logits = recon.float(), logits.float()
@@ -176,7 +177,7 @@ def _validate(model: LMISANet, pool: Pool, config: TrainConfig, device: torch.de
             count += len(x)
             pred = logits.argmax(1)
             for k in range(1, num_classes):
-                p, g = (pred == k).flatten(1), (y == k).flatten(1)
+                p, g = ((pred == k) & owned).flatten(1), ((y == k) & owned).flatten(1)
                 np.add.at(inter[:, k - 1], case_index, (p & g).sum(1).cpu().numpy())
                 np.add.at(total[:, k - 1], case_index, (p.sum(1) + g.sum(1)).cpu().numpy())
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -7,7 +7,7 @@ import torch
 
 from data_utils.phantoms import make_dataset
 from lmisa_lite.config import TrainConfig
-from lmisa_lite.sampling import FOREGROUND_SHARE, LABELLED_SOURCE, Pool, sample_batch, step_generator
+from lmisa_lite.sampling import FOREGROUND_SHARE, LABELLED_SOURCE, Pool, grid_batches, sample_batch, step_generator
 from lmisa_lite.training import train
 
 PATCH = (16, 16, 8)
@@ -106,3 +106,26 @@ def test_3d_sampling_switches_reach_the_patches():
     assert seen[0.0] != seen[1.0]  # other patches, other losses
     with pytest.raises(ValueError, match="foreground_share"):
         TrainConfig(foreground_share=1.5)
+
+
+@pytest.mark.parametrize("shape, patch", [((20, 18, 11), (8, 8, 4)), ((16, 16, 8), (8, 8, 4)), ((9, 8, 4), (8, 8, 4))])
+def test_validation_windows_lie_inside_the_volume_and_own_each_voxel_once(shape, patch):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=shape).astype(np.float32)
+    label = (rng.random(shape) < 0.3).astype(np.uint8)
+    pool = Pool([volume], [label], np.array([0]))
+    owned_count = np.zeros(shape, int)
+    batches = list(grid_batches(pool, patch_size=patch, batch_size=3))
+    for x, y, case_index, owned in batches:
+        assert x.shape[2:] == y.shape[1:] == owned.shape[1:] == patch and (case_index == 0).all()
+        for xi, yi, oi in zip(x[:, 0].numpy(), y.numpy(), owned.numpy()):
+            # find the window: its values are a block of the volume, never padding
+            hits = [c for c in np.ndindex(*(s - p + 1 for s, p in zip(shape, patch)))
+                    if np.array_equal(volume[tuple(slice(a, a + p) for a, p in zip(c, patch))], xi)]
+            assert len(hits) == 1
+            window = tuple(slice(a, a + p) for a, p in zip(hits[0], patch))
+            np.testing.assert_array_equal(label[window], yi)
+            owned_count[window] += oi
+    np.testing.assert_array_equal(owned_count, 1)  # the owned voxels partition the volume
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        list(grid_batches(pool, patch_size=(32, 8, 4), batch_size=1))
