@@ -4,7 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmisa_lite.components import component_table, false_positive_components
+from data_utils.case import Case
+from lmisa_lite.components import (
+    SLICE_REGIONS,
+    component_table,
+    dice_by_slice_region,
+    false_positive_components,
+    score_predictions,
+    score_summary,
+)
 
 
 def _volume() -> tuple[np.ndarray, np.ndarray]:
@@ -62,3 +70,38 @@ def test_errors():
         false_positive_components(np.zeros((4, 4)), np.zeros((4, 4)), connectivity=3)
     with pytest.raises(ValueError, match="predictions"):
         component_table([np.zeros((4, 4))], [])
+
+
+def _case(label: np.ndarray, spacing=(2.0, 2.0, 4.0)) -> Case:
+    return Case(label.astype(np.float32), label, spacing, "c0", "mri", np.diag([*spacing, 1.0]), "kidney")
+
+
+def test_score_predictions_and_summary():
+    target, pred = _volume()
+    target[target == 2] = 1
+    pred[pred == 2] = 1
+    noisy = pred.copy()
+    noisy[0, 11, 0] = noisy[11, 0, 5] = 1
+    scores = score_predictions({"good": [pred], "noisy": [noisy]}, [_case(target)],
+                               class_names=["background", "kidney"])
+    assert scores["model"].tolist() == ["good", "noisy"] and scores["fp_components"].tolist() == [0, 2]
+    assert scores["dice"].iloc[0] == 1.0 and scores["hd95"].iloc[0] == 0.0
+    summary = score_summary(scores)
+    assert list(summary.index) == ["good", "noisy"]
+    assert summary.loc["good", "Dice (%)"] == 100.0
+    assert summary.loc["noisy", "false-positive components per case"] == 2
+    assert summary.loc["noisy", "ASSD (mm)"] > 0  # the islands are far from the organ, in mm
+
+
+def test_dice_by_slice_region():
+    target = np.zeros((10, 10, 8), np.uint8)
+    target[2:8, 2:8, 2:6] = 1  # middle slices 2-5 ...
+    target[4:6, 4:6, 1] = target[4:6, 4:6, 6] = 1  # ... and two small pole slices
+    pred = target.copy()
+    pred[..., 1] = pred[..., 6] = 0  # the poles missed
+    pred[0, 0, 0] = 1  # a false alarm in one of the two empty slices
+    regions = dice_by_slice_region(pred, target)
+    assert regions == {"middle": 1.0, "poles": 0.0, "no organ": 0.5}
+    assert list(regions) == list(SLICE_REGIONS)
+    with pytest.raises(ValueError, match="volumes"):
+        dice_by_slice_region(pred[..., 0], target[..., 0])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lmisa_lite.metrics import CASE_COLUMNS, assd, dice, evaluate_case, hd95, iou, precision, recall
+from lmisa_lite.metrics import CASE_COLUMNS, assd, dice, evaluate_case, hd95, iou, pooled_dice, precision, recall
 
 # --- an independent reference: explicit neighbour checks and all-pairs distances -------------------------
 
@@ -230,3 +230,22 @@ def test_rejects_float_maps_wrong_rank_and_background_label():
         dice(a, a, labels=range(2))
     with pytest.raises(ValueError, match="class_names"):
         evaluate_case(a, a, class_names="kidney")
+
+
+def test_pooled_dice_equals_the_dice_of_the_stacked_cases():
+    rng = np.random.default_rng(3)
+    preds = [rng.integers(0, 3, (6, 7)) for _ in range(4)]
+    targets = [rng.integers(0, 3, (6, 7)) for _ in range(4)]
+    targets[1][:] = 0  # a case without foreground
+    pooled = pooled_dice(preds, targets)
+    stacked = dice(np.stack(preds, -1), np.stack(targets, -1))
+    assert pooled.keys() == stacked.keys() == {1, 2}
+    assert all(pooled[k] == pytest.approx(stacked[k]) for k in pooled)
+    # each case one vote would differ: the empty case scores 0 where anything was predicted
+    assert pooled_dice(preds, targets, labels=[1])[1] != pytest.approx(np.mean([dice(p, t, labels=[1])[1]
+                                                                                for p, t in zip(preds, targets)]))
+    assert np.isnan(pooled_dice([np.zeros((2, 2), int)], [np.zeros((2, 2), int)], labels=[1])[1])
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        pooled_dice(preds[:2], targets[:1])
+    with pytest.raises(ValueError):
+        pooled_dice([np.zeros((2, 2), int)], [np.zeros((3, 2), int)])
