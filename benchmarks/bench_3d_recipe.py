@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 import time
@@ -76,13 +75,12 @@ def read(path: Path) -> list[dict]:
 
 
 def write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    from data_utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def summary(rows: list[dict]) -> str:
@@ -90,7 +88,8 @@ def summary(rows: list[dict]) -> str:
     by_arm: dict[str, dict[int, dict]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], {})[int(row["seed"])] = row
-    lines = ["| arm | target Dice % (mean +- sd) | per seed | paired - standard | s per step |", "|---|---:|---|---|---:|"]
+    lines = ["| arm | target Dice % (mean +- sd) | per seed | paired - standard | s per step |",
+             "|---|---:|---|---|---:|"]
     base = by_arm.get("standard", {})
     for arm, seeds in by_arm.items():
         dice = [float(seeds[k]["target_dice"]) for k in sorted(seeds)]

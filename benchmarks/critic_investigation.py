@@ -143,17 +143,16 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    from data_utils.atomic import atomic_path
+
     order = {name: i for i, name in enumerate(ARMS)}
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for row in sorted(rows, key=lambda r: (r["experiment"], order.get(r["arm"], 99), r["seed"])):
             writer.writerow({**row, **{k: f"{row[k]:.2f}" for k in ("target_dice", "source_val_dice",
                                                                       "shape_gap")},
                              "seconds": f"{row['seconds']:.1f}"})
-    os.replace(tmp, path)
 
 
 def baseline_of(arm: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 import time
@@ -70,15 +69,14 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    from data_utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for row in sorted(rows, key=lambda r: (r["seed"], list(ARMS).index(r["arm"]))):
             writer.writerow({**row, "target_dice": f"{row['target_dice']:.2f}",
                              "seconds": f"{row['seconds']:.1f}"})
-    os.replace(tmp, path)
 
 
 def summarise(rows: list[dict], seeds: list[int]) -> bool:

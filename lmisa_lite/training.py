@@ -48,8 +48,7 @@ from lmisa_lite.checkpoint import (Progress, checkpoint_state, load_checkpoint, 
 from lmisa_lite.config import TASK_CLASSES, TrainConfig, build_networks
 from lmisa_lite.device import (autocast, autocast_dtype, channels_last_format, cpu_has_native_bf16,
                                evaluation_mode, resolve_device)
-from lmisa_lite.distributed import (ProcessGroup, broadcast_buffers, init_distributed, mean_over_processes,
-                                    unwrap, wrap)
+from lmisa_lite.distributed import ProcessGroup, broadcast_buffers, init_distributed, mean_over_processes, wrap
 from lmisa_lite.adversarial import adversarial_scale, critic_update, fake_maps
 from lmisa_lite.losses import LOSS_TERMS, generator_adversarial, segmentation_ce, weighted_mse
 from lmisa_lite.networks import LMISANet, ShapeCritic, batched_forward

@@ -108,7 +108,8 @@ def test_3d_sampling_switches_reach_the_patches():
         TrainConfig(foreground_share=1.5)
 
 
-@pytest.mark.parametrize("shape, patch", [((20, 18, 11), (8, 8, 4)), ((16, 16, 8), (8, 8, 4)), ((9, 8, 4), (8, 8, 4))])
+@pytest.mark.parametrize("shape, patch", [((20, 18, 11), (8, 8, 4)), ((16, 16, 8), (8, 8, 4)),
+                                          ((9, 8, 4), (8, 8, 4))])
 def test_validation_windows_lie_inside_the_volume_and_own_each_voxel_once(shape, patch):
     rng = np.random.default_rng(0)
     volume = rng.normal(size=shape).astype(np.float32)
