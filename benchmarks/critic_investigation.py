@@ -232,7 +232,9 @@ def markdown(rows: list[dict], command: str) -> str:
     lines = [f"The CSV beside this file: {made} (2 cores, one torch thread per run, two runs at once, so "
              "`seconds` is the time of a run sharing the machine). These tables: "
              f"`{command}`. One row per experiment and arm, mean ± sd over seeds, Dice in %; the paired "
-             "column is the arm minus the arm without critic at the same budget, seed by seed.", "",
+             "column is the arm minus the arm without critic at the same budget, seed by seed. The phantoms "
+             "are the 128 x 128 slices through the organs (`plane=\"organs\"`), on which these runs were made "
+             "before 2D phantoms became slices of the subject's volume; the script keeps them.", "",
              "## Seeds 0-2: every arm (the setting was chosen here)", ""]
     lines += _table([r for r in rows if r["seed"] < 3])
     choice = chosen_arm(rows)

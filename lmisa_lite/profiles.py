@@ -44,7 +44,7 @@ NOTEBOOKS: dict[str, dict[str, dict[str, Any]]] = {
         "volume_shape": {"quick": (64, 64, 24), "standard": (96, 96, 48), "paper": (128, 128, 64)},
     },
     "03_build_and_train_2d": {
-        "steps": {"quick": 8, "standard": 900, "paper": 3000},
+        "steps": {"quick": 8, "standard": 1800, "paper": 3000},
         "n_train": {"quick": 4, "standard": 100, "paper": 100},
         "n_val": {"quick": 2, "standard": 10, "paper": 20},
         "n_test": {"quick": 2, "standard": 20, "paper": 50},

@@ -47,7 +47,7 @@ def test_every_numbered_notebook_has_a_row_and_its_literals_are_the_standard_val
 
 def test_apply_profile_keeps_explicit_values_and_reads_the_environment(monkeypatch):
     monkeypatch.setenv("LMISA_PROFILE", "quick")
-    params = {"profile": None, "steps": 900, "n_train": 7, "image_size": [96, 96]}
+    params = {"profile": None, "steps": 1800, "n_train": 7, "image_size": [96, 96]}
     in_force = apply_profile("03_build_and_train_2d", params, verbose=False)
     quick = notebook_settings("03_build_and_train_2d", "quick")
     assert params["profile"] == "quick" and in_force["profile"] == "quick"
