@@ -36,7 +36,7 @@ FIELDS = ("arm", "seed", "steps", "patch", "n_train", "n_test", "target_dice", "
 ARMS = {"standard": {}, "augment": {"augment_3d": True}, "uniform": {"foreground_share": 0.0}}
 
 
-def run(arm: str, seed: int) -> dict:
+def run(arm: str, seed: int, threads: int | None = None) -> dict:
     """Train and score one seed of one arm; returns the CSV row."""
     import numpy as np
     import torch
@@ -46,6 +46,8 @@ def run(arm: str, seed: int) -> dict:
     from lmisa_lite.profiles import notebook_settings
     from lmisa_lite.training import TrainConfig, train
 
+    if threads:
+        torch.set_num_threads(threads)
     s = notebook_settings("04_train_3d", "standard")
     task, steps, shape = "kidney", s["steps"], tuple(s["volume_shape"])
     data = {name: make_dataset(task, modality, n=n, dims=3, seed=seed + offset, shape=shape)
@@ -106,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", nargs="+", default=["standard", "augment"], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--summary", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args()
@@ -117,7 +120,7 @@ def main() -> None:
                 if (arm, seed) in done:
                     continue
                 start = time.perf_counter()
-                rows.append(run(arm, seed))
+                rows.append(run(arm, seed, args.threads))
                 write(args.out, rows)
                 print(f"{arm} seed {seed}: target Dice {rows[-1]['target_dice']}% "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)

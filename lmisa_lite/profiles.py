@@ -54,12 +54,12 @@ NOTEBOOKS: dict[str, dict[str, dict[str, Any]]] = {
         "batch_size": {"quick": 2, "standard": 1, "paper": 1},
     },
     "04_train_3d": {
-        "steps": {"quick": 4, "standard": 350, "paper": 3000},
+        "steps": {"quick": 4, "standard": 800, "paper": 3000},
         "n_train": {"quick": 2, "standard": 4, "paper": 30},
         "n_val": {"quick": 1, "standard": 1, "paper": 6},
         "n_test": {"quick": 1, "standard": 4, "paper": 10},
         "volume_shape": {"quick": (48, 48, 24), "standard": (96, 96, 48), "paper": (128, 128, 64)},
-        "patch_size": {"quick": (32, 32, 16), "standard": (64, 64, 32), "paper": (96, 96, 48)},
+        "patch_size": {"quick": (32, 32, 16), "standard": (48, 48, 24), "paper": (96, 96, 48)},
         "base_filters": {"quick": 4, "standard": 8, "paper": 16},
     },
     "05_domain_adaptation_analysis": {
