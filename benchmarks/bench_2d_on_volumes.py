@@ -13,13 +13,13 @@ seed), written after each run (temporary file, then rename); a finished row is n
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from csv_rows import read_rows, write_rows  # noqa: E402 (after the path)
 DEFAULT_OUT = ROOT / "results" / "3d" / "2d_images_vs_volumes.csv"
 FIELDS = ("steps", "seed", "images_pooled_dice", "images_mean_dice", "images_without_kidney", "volumes_dice",
           "n_volumes", "source_val_dice", "best_step", "train_seconds")
@@ -61,22 +61,6 @@ def run(steps: int, seed: int, threads: int) -> dict:
             "train_seconds": round(result.seconds, 1)}
 
 
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    from data_utils.atomic import atomic_path
-
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def summary(rows: list[dict]) -> str:
     """Per length: mean +- sd over seeds of each Dice, and the per-seed gap volumes - pooled images."""
     def stats(values: list[float]) -> str:
@@ -102,14 +86,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--summary", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args()
-    rows = read(args.out)
+    rows = read_rows(args.out)
     if not args.summary:
         done = {(int(r["steps"]), int(r["seed"])) for r in rows}
         for steps in args.steps:
             for seed in args.seeds:
                 if (steps, seed) not in done:
                     rows.append(run(steps, seed, args.threads))
-                    write(args.out, rows)
+                    write_rows(args.out, rows, FIELDS)
                     print(f"{steps} steps, seed {seed}: {rows[-1]}", flush=True)
     print(summary(rows))
 

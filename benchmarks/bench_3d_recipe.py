@@ -21,7 +21,6 @@ resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from csv_rows import read_rows, write_rows  # noqa: E402 (after the path)
 DEFAULT_OUT = ROOT / "results" / "3d" / "recipe.csv"
 FIELDS = ("arm", "seed", "steps", "patch", "n_train", "n_test", "target_dice", "source_val_dice", "best_step",
           "train_seconds", "seconds_per_step", "threads")
@@ -69,22 +69,6 @@ def run(arm: str, seed: int, threads: int | None = None) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    from data_utils.atomic import atomic_path
-
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def summary(rows: list[dict]) -> str:
     """Mean +- sd of target Dice per arm, and each arm's paired per-seed difference to ``standard``."""
     by_arm: dict[str, dict[int, dict]] = {}
@@ -112,7 +96,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--summary", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args()
-    rows = read(args.out)
+    rows = read_rows(args.out)
     if not args.summary:
         done = {(r["arm"], int(r["seed"])) for r in rows}
         for arm in args.arms:
@@ -121,7 +105,7 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 rows.append(run(arm, seed, args.threads))
-                write(args.out, rows)
+                write_rows(args.out, rows, FIELDS)
                 print(f"{arm} seed {seed}: target Dice {rows[-1]['target_dice']}% "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
     print(summary(rows))
