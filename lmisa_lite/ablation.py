@@ -198,8 +198,9 @@ def _make_data(
     """The five case lists of an ablation, each role from its own data-set seed."""
 
     def data(modality: str, n: int, role: str) -> list[Case]:
+        plane = {"plane": settings.get("plane", "volume")} if dims == 2 else {}
         return make_dataset(
-            task, modality, n=int(n), dims=dims, seed=4 * seed + _DATA_SEEDS[role], shape=shape
+            task, modality, n=int(n), dims=dims, seed=4 * seed + _DATA_SEEDS[role], shape=shape, **plane
         )
 
     sets = {

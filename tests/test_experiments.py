@@ -74,7 +74,7 @@ def test_profiles_grow_from_quick_to_paper_and_hold_every_data_key():
         variant_config("lmisa", "heart", profile=name)  # every profile makes a valid config
     for key in ("n_train", "n_test", "steps"):
         assert PROFILES["quick"][key] < PROFILES["standard"][key] < PROFILES["paper"][key], key
-    assert PROFILES["standard"]["image_size"] == 96  # the phantoms' grid, shared with the volumes
+    assert PROFILES["standard"]["image_size"] == 128
 
 
 def test_overrides_change_settings_and_unknown_or_reserved_keys_raise():
@@ -97,17 +97,15 @@ def test_variant_configs_carry_the_variant_flags(variant):
     assert config.image_size == (48, 48) and config.seed == 3 and config.task == "kidney"
 
 
-def test_crop_sets_the_training_size_and_is_checked(monkeypatch):
+def test_crop_sets_the_training_size_and_is_checked():
     assert variant_config("lmisa", "kidney", profile="quick", overrides={"crop": 48}).image_size == (48, 48)
     assert variant_config("lmisa", "kidney", profile="quick").image_size == (64, 64)
-    assert variant_config("lmisa", "kidney").image_size == (96, 96)
-    # a task's own settings replace the profile's for that task only
-    monkeypatch.setitem(PROFILES, "standard", {**PROFILES["standard"], "tasks": {"heart": {"crop": 80}}})
     heart = profile_settings("standard", task="heart")
     kidney = profile_settings("standard", task="kidney")
-    assert heart["crop"] == 80 and kidney["crop"] is None
+    assert heart["crop"] is not None and heart["crop"] != kidney["crop"]  # the task's own setting
     assert heart["steps"] == kidney["steps"]  # the rest is the profile's
-    assert variant_config("lmisa", "heart").image_size == (80, 80)
+    assert variant_config("lmisa", "heart").image_size == (heart["crop"],) * 2
+    assert variant_config("lmisa", "kidney").image_size == (128, 128)
     assert "tasks" not in heart
     with pytest.raises(ValueError, match="task"):
         profile_settings("standard", task="liver")
