@@ -153,7 +153,8 @@ def update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
 
 def _validate(model: LMISANet, pool: Pool, config: TrainConfig, device: torch.device, n_cases: int,
               amp_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Source validation: mean ``CE + alpha * wMSE`` over all images/patches, and the mean foreground Dice of
+    """Source validation: mean ``CE + alpha * wMSE`` over all images/patches (whole windows, so voxels where a
+    volume's last windows overlap count twice in the loss), and the mean foreground Dice of
     the cases (overlap counts summed over each case's slices or patches, each voxel once; see
     :func:`~lmisa_lite.sampling.grid_batches`). The network runs in the memory format and precision of
     training; losses and the argmax use float32 logits."""
