@@ -4,12 +4,12 @@ Every configuration runs twice per repeat, once per arm, each time in its own su
 resident memory, ``ru_maxrss``, printed for an arm is that arm's alone: Python, PyTorch and the data
 included):
 
-- ``reference``: the step as it was, one float32 pass per batch in plain memory format
-  (``TrainConfig(batched_passes=False, channels_last=False, amp=False)``; inference: ``channels_last=False``,
-  ``amp=False``).
-- ``default``: ``TrainConfig()``'s settings: one batched pass per network, channels-last, and bfloat16
-  autocast where the CPU computes bfloat16 natively (float16 on CUDA); inference with ``channels_last=True,
-  amp=None``.
+- ``reference``: the step as it was, one float32 pass per batch in plain memory format, the gradient penalty
+  by autograd's double backward (``TrainConfig(batched_passes=False, channels_last=False, amp=False,
+  closed_form_penalty=False)``; inference: ``channels_last=False``, ``amp=False``).
+- ``default``: ``TrainConfig()``'s settings: one batched pass per network, channels-last, the penalty's input
+  gradient in closed form, and bfloat16 autocast where the CPU computes bfloat16 natively (float16 on CUDA);
+  inference with ``channels_last=True, amp=None``.
 
 The arms alternate (reference, default, reference, default, ...) so that a busy machine slows both alike; the
 speed-up is the median over the repeats of reference time / default time. Achieved GFLOP/s count the
@@ -58,7 +58,7 @@ DEFAULT_CONFIGS = ("train2d", "train2d_w16", "train3d")
 #: Speed-ups the default path should reach over the reference (issue: 2x in 2D, 2.5x in 3D).
 TARGETS = {"train2d": 2.0, "train2d_w16": 2.0, "train3d": 2.5}
 ARMS = {
-    "reference": dict(train=dict(batched_passes=False, channels_last=False, amp=False),
+    "reference": dict(train=dict(batched_passes=False, channels_last=False, amp=False, closed_form_penalty=False),
                       infer=dict(channels_last=False, amp=False)),
     "default": dict(train={}, infer=dict(channels_last=True, amp=None)),
 }
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
           "1 critic step with gradient penalty, depth 4; samples/s = batch_size / median seconds per step")
     print("# infer: predict_volume; samples/s = slices/s (2D model) or volumes/s (3D sliding window, "
           "overlap 0.5)")
-    print("# reference = one float32 pass per batch, plain memory format; default = TrainConfig() settings")
+    print("# reference = one float32 pass per batch, plain memory format, penalty by double backward; "
+          "default = TrainConfig() settings")
     names = list(CONFIGS) if args.all else (args.only or list(DEFAULT_CONFIGS))
     print(f"{'config':12s} {'arm':9s} {'time':>13s} {'samples/s':>9s} {'peak RSS':>9s} {'GFLOP/s':>8s}  "
           "of matmul peak")

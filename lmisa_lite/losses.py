@@ -182,6 +182,7 @@ def critic_wasserstein(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
 
 def gradient_penalty(
     critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, *, generator: torch.Generator | None = None,
+    score_gradient: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """WGAN-GP penalty ``mean((||grad critic(x_hat)||_2 - 1)**2)`` on random real/fake interpolates.
 
@@ -195,6 +196,10 @@ def gradient_penalty(
         fake: Predicted label maps, same shape (foreground probabilities).
         generator: Optional random generator for ``eps`` (on the device of ``real``), for reproducible
             penalties.
+        score_gradient: Optional: maps ``x_hat`` to the gradient of each sample's critic value with respect to
+            it, with a graph to the critic's parameters (e.g.
+            :meth:`lmisa_lite.networks.ShapeCritic.score_gradient`); used instead of differentiating ``critic``
+            by autograd, which is then not called.
 
     Returns:
         Scalar penalty, with a graph through the critic's parameters (``create_graph=True``) so that it can
@@ -218,7 +223,11 @@ def gradient_penalty(
     # WGAN-GP.
     shape = (real.shape[0],) + (1,) * (real.ndim - 1)
     eps = torch.rand(shape, generator=generator, dtype=real.dtype, device=real.device)
-    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    scores = critic(x_hat).reshape(real.shape[0], -1).mean(dim=1)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+    x_hat = eps * real.detach() + (1 - eps) * fake.detach()
+    if score_gradient is not None:
+        grad = score_gradient(x_hat)
+    else:
+        x_hat.requires_grad_(True)
+        scores = critic(x_hat).reshape(real.shape[0], -1).mean(dim=1)
+        (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    return ((grad.float().flatten(1).norm(2, dim=1) - 1) ** 2).mean()

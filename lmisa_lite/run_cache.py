@@ -30,6 +30,7 @@ from lmisa_lite.reports import read_cases
 from lmisa_lite.training import train
 
 # Config fields that change where or how fast a run goes (at most its rounding), not what it learns.
+# (closed_form_penalty is not one: under bfloat16 it changes the critic's gradients; see TrainConfig.)
 VOLATILE_FIELDS = ("out_dir", "resume", "device", "progress", "amp", "batched_passes", "channels_last",
                    "num_workers")
 

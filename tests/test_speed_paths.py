@@ -22,7 +22,7 @@ from lmisa_lite.training import load_checkpoint, train, update_average
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 SIZE = 32
-SPEED_FIELDS = ("batched_passes", "channels_last")
+SPEED_FIELDS = ("batched_passes", "channels_last", "closed_form_penalty")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,30 @@ def test_batched_critic_pass_equals_two_passes():
     (two, net_a), (one, net_b) = after[False], after[True]
     for key in ("loss_critic", "gp", "wasserstein"):
         torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6, msg=key)
+    for (key, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("dims, gp_on", [(2, "labels"), (3, "labels"), (2, "reconstruction")])
+def test_closed_form_penalty_equals_the_double_backward(dims, gp_on):
+    size = (SIZE, SIZE) if dims == 2 else (16, 16, 8)
+    base = tiny(spatial_dims=dims, image_size=size, batch_size=2, amp=False, gp_on=gp_on, n_critic=2)
+    model, critic = build_networks(base)
+    batches = tiny_batches(base)
+    with torch.no_grad():
+        rec_t, logits_t = model(batches["xt"])
+    after = {}
+    for closed in (False, True):
+        config = TrainConfig(**{**base.to_dict(), "closed_form_penalty": closed})
+        net = copy.deepcopy(critic)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        out = critic_update(config, net, opt, batches["ys"], logits_t, torch.Generator().manual_seed(7),
+                            images_t=(batches["xt"], rec_t))
+        after[closed] = out, net
+    (autograd, net_a), (closed, net_b) = after[False], after[True]
+    assert float(autograd["gp"].detach()) > 0
+    for key in ("loss_critic", "gp", "wasserstein"):
+        torch.testing.assert_close(closed[key], autograd[key], rtol=1e-5, atol=1e-6, msg=key)
     for (key, a), b in zip(net_a.state_dict().items(), net_b.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
 
@@ -225,11 +249,13 @@ def test_reference_path_and_fast_path_are_both_deterministic(domains):
 def test_speed_switches_are_config_fields_but_not_architecture():
     config = TrainConfig()
     assert config.batched_passes is True and config.channels_last is True and config.amp is None
+    assert config.closed_form_penalty is True
     data = config.to_dict()
     assert all(k in data for k in SPEED_FIELDS) and "amp" in data
     assert not set(SPEED_FIELDS + ("amp",)) & set(ARCHITECTURE_FIELDS)
-    assert TrainConfig.from_overrides(["batched_passes=false", "channels_last=off"]).to_dict() == {
-        **data, "batched_passes": False, "channels_last": False}
+    assert TrainConfig.from_overrides(["batched_passes=false", "channels_last=off",
+                                       "closed_form_penalty=no"]).to_dict() == {
+        **data, "batched_passes": False, "channels_last": False, "closed_form_penalty": False}
     old = {k: v for k, v in data.items() if k not in SPEED_FIELDS}
     assert TrainConfig.from_dict(old) == config
 
