@@ -266,16 +266,53 @@ def _output_folder(out_dir: str | os.PathLike | None) -> Path:
     return Path(out_dir)
 
 
-def _run_seed(configs: Mapping[str, TrainConfig], data: Mapping[str, list[Case]], keys: Mapping[str, Any], *,
-              task: str, dims: int, unseen: str | None, progress: bool) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every variant of one seed (its data, keys and configs), in order; keyed ``(variant, seed)``."""
-    runs = {}
-    for i, (variant, config) in enumerate(configs.items(), 1):
-        run = _run_variant(variant, config, data, task=task, dims=dims, unseen=unseen, keys=keys)
-        runs[variant, config.seed] = {**run, "config": config}
-        if progress:
-            _print_progress(f"seed {config.seed}, {i}/{len(configs)} {variant}", run)
-    return runs
+def _one_thread() -> None:
+    """Initialiser of a worker process: one torch thread (the other cores run the other workers)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _relative_cost(config: TrainConfig) -> float:
+    """Rough work of a run's step: network passes (source; target; unlabelled source) plus the critic's."""
+    target_pass = config.use_reconstruction or config.use_shape_constraint or config.supervise_target
+    return config.steps * (1 + target_pass + config.use_reconstruction + 1.5 * config.use_shape_constraint)
+
+
+def _run_all(work: Sequence[tuple[str, TrainConfig, Mapping[str, list[Case]], Mapping[str, Any]]], *, task: str,
+             dims: int, unseen: str | None, progress: bool, jobs: int) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every ``(variant, config, data, keys)`` of ``work``, keyed ``(variant, seed)`` in the order of ``work``.
+
+    ``jobs > 1``: that many runs at once, each in a worker process of its own (started fresh, not forked, so that
+    no thread pool of this process is copied) with one torch thread, the costliest runs first (so that no long
+    run starts last, alone); a line per finished run replaces their progress bars, which a worker cannot show
+    in a notebook.
+    """
+    score = dict(task=task, dims=dims, unseen=unseen)
+    total, runs = len(work), {}
+    if jobs <= 1:
+        for i, (variant, config, data, keys) in enumerate(work, 1):
+            run = _run_variant(variant, config, data, keys=keys, **score)
+            runs[variant, config.seed] = {**run, "config": config}
+            if progress:
+                _print_progress(f"seed {config.seed}, {i}/{total} {variant}", run)
+        return runs
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    with ProcessPoolExecutor(min(jobs, total), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread) as pool:
+        futures = {pool.submit(_run_variant, variant, config.with_overrides(progress=False), data, keys=keys,
+                               **score): (variant, config)
+                   for variant, config, data, keys in sorted(work, key=lambda w: -_relative_cost(w[1]))}
+        for i, future in enumerate(as_completed(futures), 1):
+            variant, config = futures[future]
+            run = future.result()
+            done[variant, config.seed] = {**run, "config": config}
+            if progress:
+                _print_progress(f"seed {config.seed}, {i}/{total} {variant} ({jobs} at once)", run)
+    return {(variant, config.seed): done[variant, config.seed] for variant, config, _, _ in work}
 
 
 def _pooled_cases(runs: Mapping[tuple[str, int], Mapping[str, Any]]) -> pd.DataFrame:
@@ -337,6 +374,7 @@ def run_ablation(
     unseen: bool = True,
     overrides: Mapping[str, Any] | None = None,
     device: str = "auto",
+    jobs: int = 1,
 ) -> AblationResult:
     """Train and score the LMISA ablation variants on phantoms: for each seed, every variant on the same data.
 
@@ -358,6 +396,10 @@ def run_ablation(
         overrides: Changes to the profile, e.g. ``{"steps": 2, "image_size": 32}``
             (:func:`~lmisa_lite.profiles.profile_settings`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        jobs: Training runs at once, each in a process of its own with one torch thread; 1 (default): one
+            after the other in this process with its threads. On a 2-core CPU, ``jobs=2`` keeps both cores
+            busy through the small convolutions of 2D phantoms that two threads of one run share badly.
+            A run's result does not depend on ``jobs`` beyond float rounding.
 
     Returns:
         An :class:`AblationResult`.
@@ -377,11 +419,13 @@ def run_ablation(
     seed_list = _check_seeds(seed, seeds)
     out = _output_folder(out_dir)
     chosen = check_variants(variants)
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: expected a positive integer (training runs at once)")
     settings = profile_settings(profile, overrides=overrides, task=task)
     shape, _ = data_shapes(settings, dims)
     unseen_modality = UNSEEN_MODALITY[task, f"{source}2{target}"] if unseen else None
     out.mkdir(parents=True, exist_ok=True)
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    work = []  # (variant, config, data, keys) of every run
     for k in seed_list:
         data = _make_data(task, source, target, unseen_modality, dims=dims, shape=shape, settings=settings, seed=k)
         keys = _keys(data, {"task": task, "source": source, "target": target, "unseen_modality": unseen_modality,
@@ -389,7 +433,8 @@ def run_ablation(
         root = out if seeds is None else out / f"seed{k}"  # one seed as before: <out>/<variant>
         configs = {v: variant_config(v, task, dims=dims, profile=profile, overrides=overrides, seed=k,
                                      out_dir=root / v, device=device, progress=progress) for v in chosen}
-        runs.update(_run_seed(configs, data, keys, task=task, dims=dims, unseen=unseen_modality, progress=progress))
+        work += [(v, config, data, keys) for v, config in configs.items()]
+    runs = _run_all(work, task=task, dims=dims, unseen=unseen_modality, progress=progress, jobs=int(jobs))
 
     cases = _pooled_cases(runs)
     summary, per_seed = summarize_ablation(cases), seed_means(cases)

@@ -143,6 +143,8 @@ def test_variant_flags_follow_the_ablation_design():
         ({"seed": -1}, "seed"),
         ({"out_dir": None}, "out_dir"),
         ({"overrides": {"batch": 2}}, "overrides"),
+        ({"jobs": 0}, "jobs"),
+        ({"jobs": 1.5}, "jobs"),
     ],
 )
 def test_run_ablation_rejects_bad_arguments_by_name(tmp_path, changes, name):
@@ -347,6 +349,24 @@ def test_seeds_train_every_variant_per_seed_and_report_the_spread(tmp_path):
     assert list(result.models) == chosen and result.configs["lmisa"].seed == 0  # the first seed's runs
     with pytest.raises(ValueError, match="seeds"):
         run_ablation("kidney", "ct2mri", profile="quick", out_dir=tmp_path, seeds=(1, 1))
+
+
+@pytest.mark.slow
+def test_runs_in_worker_processes_give_the_runs_of_one_process(tmp_path):
+    chosen = ["source_only_mlngm", "lmisa"]
+    options = dict(profile="quick", overrides=TINY, progress=False, device="cpu", variants=chosen, seeds=(0, 1),
+                   unseen=False)
+    alone = run_ablation("kidney", "ct2mri", out_dir=tmp_path / "one", **options)
+    together = run_ablation("kidney", "ct2mri", out_dir=tmp_path / "two", jobs=2, **options)
+    assert list(together.runs) == list(alone.runs)  # in the order of the work, whichever finished first
+    for key, run in alone.runs.items():
+        other = together.runs[key]
+        assert not other["reused"] and other["config"].with_overrides(out_dir=None) == run["config"].with_overrides(
+            out_dir=None)
+        for (name, a), b in zip(run["model"].state_dict().items(), other["model"].state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=f"{key} {name}")
+    pd.testing.assert_frame_equal(together.per_seed, alone.per_seed, atol=0.5, check_exact=False)
+    assert (tmp_path / "two" / "seed1" / "lmisa" / "run.json").is_file()
 
 
 def test_paired_differences_and_spread_over_seeds():
