@@ -260,6 +260,11 @@ def _check_seeds(seed: int, seeds: Sequence[int] | None) -> list[int]:
     return [int(k) for k in chosen]
 
 
+def _check_jobs(jobs: Any) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: expected a positive integer (training runs at once)")
+
+
 def _output_folder(out_dir: str | os.PathLike | None) -> Path:
     if out_dir is None or (isinstance(out_dir, str) and not out_dir.strip()):
         raise ValueError(f"out_dir={out_dir!r}: expected a folder for the results and checkpoints")
@@ -380,8 +385,7 @@ def run_ablation(
 
     Args:
         task: ``"kidney"`` or ``"heart"``.
-        direction: ``"ct2mri"`` or ``"mri2ct"`` (also ``"CT->MRI"``...), see
-            :func:`~lmisa_lite.variants.parse_direction`.
+        direction: ``"ct2mri"`` or ``"mri2ct"`` (also ``"CT->MRI"``: :func:`~lmisa_lite.variants.parse_direction`).
         dims: 2 (images) or 3 (volumes, trained on patches).
         profile: ``"quick"``, ``"standard"`` or ``"paper"`` (:data:`lmisa_lite.profiles.ABLATION`).
         out_dir: Folder for the results and the variants' checkpoints; reused variants are read from it.
@@ -396,22 +400,18 @@ def run_ablation(
         overrides: Changes to the profile, e.g. ``{"steps": 2, "image_size": 32}``
             (:func:`~lmisa_lite.profiles.profile_settings`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        jobs: Training runs at once, each in a process of its own with one torch thread; 1 (default): one
-            after the other in this process with its threads. On a 2-core CPU, ``jobs=2`` keeps both cores
-            busy through the small convolutions of 2D phantoms that two threads of one run share badly.
-            A run's result does not depend on ``jobs`` beyond float rounding.
+        jobs: Training runs at once, each in a process of its own with one torch thread (results equal to
+            float rounding); 1 (default): one after the other in this process, with its threads.
 
     Returns:
         An :class:`AblationResult`.
 
     Raises:
         ValueError: Naming the argument that is out of range (task, direction, dims, profile, out_dir, seed,
-            variants, overrides).
+            variants, overrides, jobs).
 
     Examples:
-        >>> result = run_ablation("kidney", "ct2mri", profile="quick", out_dir="runs/ablation",
-        ...                       overrides={"steps": 2})  # doctest: +SKIP
-        >>> print(result.table)  # doctest: +SKIP
+        >>> print(run_ablation("kidney", "ct2mri", profile="quick", out_dir="runs/ablation").table)  # doctest: +SKIP
     """
     check_task(task)
     source, target = parse_direction(direction)
@@ -419,8 +419,7 @@ def run_ablation(
     seed_list = _check_seeds(seed, seeds)
     out = _output_folder(out_dir)
     chosen = check_variants(variants)
-    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r}: expected a positive integer (training runs at once)")
+    _check_jobs(jobs)
     settings = profile_settings(profile, overrides=overrides, task=task)
     shape, _ = data_shapes(settings, dims)
     unseen_modality = UNSEEN_MODALITY[task, f"{source}2{target}"] if unseen else None
@@ -435,7 +434,6 @@ def run_ablation(
                                      out_dir=root / v, device=device, progress=progress) for v in chosen}
         work += [(v, config, data, keys) for v, config in configs.items()]
     runs = _run_all(work, task=task, dims=dims, unseen=unseen_modality, progress=progress, jobs=int(jobs))
-
     cases = _pooled_cases(runs)
     summary, per_seed = summarize_ablation(cases), seed_means(cases)
     table = ablation_markdown(summary, task=task, source=source, target=target, unseen=unseen_modality, dims=dims,

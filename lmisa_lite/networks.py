@@ -399,17 +399,13 @@ class ShapeCritic(nn.Module):
     def score_gradient(self, x: Tensor) -> Tensor:
         """The gradient of each sample's mean patch score with respect to ``x``, as a function of the weights.
 
-        Equals ``torch.autograd.grad(self(x).flatten(1).mean(1).sum(), x, create_graph=True)[0]`` (to float
-        rounding; tested), what WGAN-GP's penalty differentiates once more. The critic is piecewise linear in
-        ``x``: the forward pass runs without a graph and keeps where each leaky ReLU was negative and where each
-        max-pool took its values; the backward pass is then written out as transposed convolutions of the
-        weights, so the penalty's gradient needs one ordinary backward pass through them.
-
-        Letting autograd differentiate the convolutions' own backward instead is slower (the weight gradient of
-        a double backward runs as a convolution with a kernel the size of the image: 3D critic step 300 ms
-        against 210 ms) and, under CPU bfloat16 autocast, wrong: the penalty's gradient of the stem and of the
-        first convolutions came out about as far from float32's as their own size (relative error 1.0, against
-        0.03 here; ``tests/test_networks.py``).
+        Equals ``torch.autograd.grad(self(x).flatten(1).mean(1).sum(), x, create_graph=True)[0]`` to float
+        rounding (tested), what WGAN-GP's penalty differentiates once more. The critic is piecewise linear in
+        ``x``: a forward pass without graph keeps where each leaky ReLU was negative and where each max-pool
+        took its values, and the backward pass is written out as transposed convolutions of the weights.
+        Autograd's double backward of the convolutions is slower (its weight gradient runs as a convolution
+        with an image-sized kernel: 3D critic step 300 against 210 ms) and, under CPU bfloat16 autocast, wrong
+        for the stem and first convolutions (relative error 1.0 against float32, 0.03 here; see the tests).
 
         Args:
             x: ``(B, in_channels, *S)``, as for :meth:`forward`.
