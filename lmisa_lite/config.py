@@ -145,7 +145,8 @@ class TrainConfig:
             compute bfloat16 natively (AMX or AVX512-BF16, detected at run time by
             :func:`lmisa_lite.device.cpu_has_native_bf16`; 1.4x faster steps there); float32 elsewhere.
             True forces it on (on a CPU without native bfloat16 that is much slower than float32: the
-            network's forward and backward pass 14 times slower on an AVX2 CPU), False keeps float32. Losses, softmax and the gradient norm of the critic's penalty are float32 either way.
+            network's forward and backward pass 14 times slower on an AVX2 CPU), False keeps float32.
+            Losses, softmax and the gradient norm of the critic's penalty are float32 either way.
             bfloat16 is the CPU default because it kept the target Dice of float32 on the default 2D kidney
             run: 86.1 +- 4.7 against 82.9 +- 4.2 % over three seeds, paired differences +9.8, -1.2, +0.6
             points (``benchmarks/dice_bf16.py``, ``results/speed/bf16_dice.csv``);
