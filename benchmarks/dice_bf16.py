@@ -8,12 +8,13 @@ its default). The two arms differ only in ``amp``: ``False`` (float32) and ``Tru
 CPU). Both run the default fast path otherwise (batched passes, channels-last).
 
 Writes ``results/speed/bf16_dice.csv`` (columns ``seed, arm, target_dice, seconds``; ``target_dice`` is the
-mean Dice over the test cases in percent, ``seconds`` the training wall time) after every run, and skips the
-runs already in that file, so an interrupted measurement continues where it stopped (delete the file to
-measure again). Then prints each arm's mean +- sd over seeds and the paired per-seed difference. bfloat16 may
-be the CPU default (``lmisa_lite.device.CPU_BF16_BY_DEFAULT``) if its mean is not more than 1 point below
-float32's (a higher Dice is no reason against it; the seed-to-seed spread of this adversarial training is
-several points, so three seeds cannot resolve a gain either).
+mean Dice over the test cases in percent, ``seconds`` the training wall time; how the committed table was
+made: ``results/speed/README.md``) after every run, and skips the runs already in that file, so an interrupted
+measurement continues where it stopped (delete the file to measure again). Then prints each arm's mean +- sd
+over seeds and the paired per-seed difference. bfloat16 may be the CPU default
+(``lmisa_lite.device.CPU_BF16_BY_DEFAULT``) if its mean is not more than 1 point below float32's (a higher
+Dice is no reason against it; the seed-to-seed spread of this adversarial training is several points, so three
+seeds cannot resolve a gain either).
 
     python benchmarks/dice_bf16.py                  # 6 runs, a few minutes each on 2 cores
     python benchmarks/dice_bf16.py --threads 2 --seeds 0 1 2

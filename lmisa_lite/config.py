@@ -143,12 +143,12 @@ class TrainConfig:
         amp: Mixed precision. CUDA: float16 autocast with gradient scaling. CPU: bfloat16 autocast (no scaling
             needed: bfloat16 has float32's range). None (default) turns it on for CUDA, and for CPUs that
             compute bfloat16 natively (AMX or AVX512-BF16, detected at run time by
-            :func:`lmisa_lite.device.cpu_has_native_bf16`; 1.4x faster steps there); float32 elsewhere.
+            :func:`lmisa_lite.device.cpu_has_native_bf16`; 1.4-2x faster steps there); float32 elsewhere.
             True forces it on (on a CPU without native bfloat16 that is much slower than float32: the
             network's forward and backward pass 14 times slower on an AVX2 CPU), False keeps float32.
             Losses, softmax and the gradient norm of the critic's penalty are float32 either way.
             bfloat16 is the CPU default because it kept the target Dice of float32 on the default 2D kidney
-            run: 86.1 +- 4.7 against 82.9 +- 4.2 % over three seeds, paired differences +9.8, -1.2, +0.6
+            run: 86.9 +- 2.9 against 87.2 +- 4.2 % over three seeds, paired differences -1.7, +1.5, -0.6
             points (``benchmarks/dice_bf16.py``, ``results/speed/bf16_dice.csv``);
             :data:`lmisa_lite.device.CPU_BF16_BY_DEFAULT` turns that default off. When other programs share
             the cores, use one thread (``torch.set_num_threads(1)``): two threads then wait for each other,
