@@ -8,7 +8,10 @@ for scoring only. Arms:
 - ``standard``: the notebook's setting (a third of the labelled patches centred on a kidney voxel);
 - ``augment``: the same with the published 3D augmentation (rotation about z within +-15 degrees, zoom
   0.75-1.2, integer shifts), ``TrainConfig.augment_3d``;
-- ``uniform``: every patch placed uniformly (``foreground_share=0``).
+- ``uniform``: every patch placed uniformly (``foreground_share=0``);
+- ``lr_2e-3``: the network's learning rate doubled (the critic's kept at 1e-3);
+- ``batch1``: batches of one patch and twice the steps (as many patches, twice the updates);
+- ``volumes_12``: 12 training volumes per domain instead of the notebook's 4.
 
 Each seed draws its own phantoms (data-set seeds as notebook 04: ``seed`` for training, ``seed + 1`` for
 validation, ``seed + 2`` for testing) and its own initialisation. One row per (arm, seed) goes to the CSV,
@@ -30,10 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from csv_rows import read_rows, write_rows  # noqa: E402 (after the path)
 DEFAULT_OUT = ROOT / "results" / "3d" / "recipe.csv"
-FIELDS = ("arm", "seed", "steps", "patch", "n_train", "n_test", "target_dice", "source_val_dice", "best_step",
-          "train_seconds", "seconds_per_step", "threads")
-#: arm -> TrainConfig fields it changes
-ARMS = {"standard": {}, "augment": {"augment_3d": True}, "uniform": {"foreground_share": 0.0}}
+FIELDS = ("arm", "seed", "steps", "batch_size", "patch", "n_train", "n_test", "target_dice", "source_val_dice",
+          "best_step", "train_seconds", "seconds_per_step", "threads")
+#: arm -> TrainConfig fields it changes; "steps" is a factor on the notebook's steps (the schedule follows),
+#: "n_train" the number of training volumes per domain
+ARMS = {"standard": {}, "augment": {"augment_3d": True}, "uniform": {"foreground_share": 0.0},
+        "lr_2e-3": {"lr": 2e-3, "critic_lr": 1e-3}, "batch1": {"batch_size": 1, "steps": 2},
+        "volumes_12": {"n_train": 12}}
 
 
 def run(arm: str, seed: int, threads: int | None = None) -> dict:
@@ -49,21 +55,25 @@ def run(arm: str, seed: int, threads: int | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     s = notebook_settings("04_train_3d", "standard")
-    task, steps, shape = "kidney", s["steps"], tuple(s["volume_shape"])
+    change = dict(ARMS[arm])
+    task, steps, shape = "kidney", s["steps"] * change.pop("steps", 1), tuple(s["volume_shape"])
+    batch_size, n_train = change.pop("batch_size", 2), change.pop("n_train", s["n_train"])
     data = {name: make_dataset(task, modality, n=n, dims=3, seed=seed + offset, shape=shape)
-            for name, modality, n, offset in (("source", "ct", s["n_train"], 0), ("target", "mri", s["n_train"], 0),
+            for name, modality, n, offset in (("source", "ct", n_train, 0), ("target", "mri", n_train, 0),
                                               ("val", "ct", s["n_val"], 1), ("test", "mri", s["n_test"], 2))}
     # the notebook's training cell, with the arm's change
-    config = TrainConfig(task=task, spatial_dims=3, steps=steps, batch_size=2, image_size=tuple(s["patch_size"]),
-                         base_filters=s["base_filters"], seed=seed, device="cpu", progress=False,
+    config = TrainConfig(task=task, spatial_dims=3, steps=steps, batch_size=batch_size,
+                         image_size=tuple(s["patch_size"]), base_filters=s["base_filters"], seed=seed, device="cpu",
+                         progress=False,
                          val_every=max(2, steps // 10), checkpoint_every=10**9, lr_decay_every=max(1, steps // 5),
-                         **ARMS[arm])
+                         **change)
     result = train(config, data["source"], data["target"], val=data["val"])
     model = result.best_model or result.model
     dice = float(evaluate(model, data["test"], class_names=CLASS_NAMES[task], progress=False)["dice"].mean())
     val = [d for d in result.history["val_dice"] if not np.isnan(d)]
-    return {"arm": arm, "seed": seed, "steps": steps, "patch": "x".join(map(str, s["patch_size"])),
-            "n_train": s["n_train"], "n_test": s["n_test"], "target_dice": round(100 * dice, 2),
+    return {"arm": arm, "seed": seed, "steps": steps, "batch_size": batch_size,
+            "patch": "x".join(map(str, s["patch_size"])),
+            "n_train": n_train, "n_test": s["n_test"], "target_dice": round(100 * dice, 2),
             "source_val_dice": round(100 * val[-1], 2), "best_step": result.best_step,
             "train_seconds": round(result.seconds, 1), "seconds_per_step": round(result.seconds / steps, 3),
             "threads": torch.get_num_threads()}
@@ -74,8 +84,9 @@ def summary(rows: list[dict]) -> str:
     by_arm: dict[str, dict[int, dict]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], {})[int(row["seed"])] = row
-    lines = ["| arm | target Dice % (mean +- sd) | per seed | paired - standard | s per step |",
-             "|---|---:|---|---|---:|"]
+    header = ("| arm | seeds | target Dice % (mean +- sd) | per seed | paired - standard | source val % per seed "
+              "| s per step | training s |")
+    lines = [header, "|---|---|---:|---|---|---|---:|---:|"]
     base = by_arm.get("standard", {})
     for arm, seeds in by_arm.items():
         dice = [float(seeds[k]["target_dice"]) for k in sorted(seeds)]
@@ -83,8 +94,12 @@ def summary(rows: list[dict]) -> str:
         paired = ", ".join(f"{float(seeds[k]['target_dice']) - float(base[k]['target_dice']):+.1f}"
                            for k in sorted(seeds) if k in base) if arm != "standard" else ""
         per_step = statistics.median(float(seeds[k]["seconds_per_step"]) for k in seeds)
-        lines.append(f"| {arm} | {statistics.mean(dice):.1f} +- {sd:.1f} | "
-                     f"{', '.join(f'{d:.1f}' for d in dice)} | {paired} | {per_step:.2f} |")
+        seconds = statistics.median(float(seeds[k]["train_seconds"]) for k in seeds)
+        val = ", ".join(f"{float(seeds[k]['source_val_dice']):.1f}" for k in sorted(seeds))
+        per_seed = ", ".join(f"{d:.1f}" for d in dice)
+        lines.append(f"| {arm} | {', '.join(map(str, sorted(seeds)))} | {statistics.mean(dice):.1f} +- {sd:.1f} "
+                     f"| {per_seed} | {paired} | {val} "
+                     f"| {per_step:.2f} | {seconds:.0f} |")
     return "\n".join(lines)
 
 
