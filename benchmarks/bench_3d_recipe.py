@@ -1,4 +1,4 @@
-"""Notebook 04's standard 3D recipe (kidney CT -> MRI) over seeds, with and without the published 3D augmentation.
+"""Notebook 04's standard 3D recipe (kidney CT -> MRI) over seeds, against changes to it (the arms below).
 
 Each run trains the 3D LMISA exactly as notebook 04's standard profile does (its data sizes, patch, steps and
 schedule, read from :mod:`lmisa_lite.profiles`), keeps the checkpoint with the lowest loss on the labelled CT
@@ -98,8 +98,7 @@ def summary(rows: list[dict]) -> str:
         val = ", ".join(f"{float(seeds[k]['source_val_dice']):.1f}" for k in sorted(seeds))
         per_seed = ", ".join(f"{d:.1f}" for d in dice)
         lines.append(f"| {arm} | {', '.join(map(str, sorted(seeds)))} | {statistics.mean(dice):.1f} +- {sd:.1f} "
-                     f"| {per_seed} | {paired} | {val} "
-                     f"| {per_step:.2f} | {seconds:.0f} |")
+                     f"| {per_seed} | {paired} | {val} | {per_step:.2f} | {seconds:.0f} |")
     return "\n".join(lines)
 
 
