@@ -4,8 +4,9 @@
     python docs/make_figures.py --results runs/standard   # docs/results.png from a tutorial run
 
 ``phantoms.png``: for each task, the CT and MRI phantom of one subject (mid slice, label outlines) and their
-MLNGM maps. ``results.png``: mean Dice per ablation variant, target and unseen contrast, one panel per
-experiment, drawn from the ``results.csv`` files of a tutorial run.
+MLNGM maps. ``results.png``: mean Dice per ablation variant over seeds (error bars: sd over seeds, dots: each
+seed), target and unseen contrast, one panel per experiment, drawn from the ``results.csv`` files of a tutorial
+run.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def results_figure(run: Path, path: Path) -> None:
     import pandas as pd
 
     from lmisa_lite.experiments import plot_ablation, summarize_ablation
+    from lmisa_lite.reports import seed_means
 
     tables = sorted(run.glob("artifacts/ablation/*/results.csv"), key=lambda t: (t.parent.name[0] != "k", t))
     if not tables:
@@ -67,7 +69,8 @@ def results_figure(run: Path, path: Path) -> None:
     for ax, table in zip(axes[0], tables):
         task, direction, dims = table.parent.name.split("_")
         source, target = direction.split("2")
-        plot_ablation(summarize_ablation(pd.read_csv(table)), ax=ax,
+        cases = pd.read_csv(table)
+        plot_ablation(summarize_ablation(cases), ax=ax, per_seed=seed_means(cases),
                       title=f"{task}, {source.upper()} -> {target.upper()} ({dims.upper()})")
     _save(fig, path)
 
