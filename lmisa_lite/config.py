@@ -143,7 +143,7 @@ class TrainConfig:
         amp: Mixed precision. CUDA: float16 autocast with gradient scaling. CPU: bfloat16 autocast (no scaling
             needed: bfloat16 has float32's range). None (default) turns it on for CUDA, and for CPUs that
             compute bfloat16 natively (AMX or AVX512-BF16, detected at run time by
-            :func:`lmisa_lite.device.cpu_has_native_bf16`; 1.4-2x faster steps there); float32 elsewhere.
+            :func:`lmisa_lite.device.cpu_has_native_bf16`; 1.4x faster steps with AMX); float32 elsewhere.
             True forces it on (on a CPU without native bfloat16 that is much slower than float32: the
             network's forward and backward pass 14 times slower on an AVX2 CPU), False keeps float32.
             Losses, softmax and the gradient norm of the critic's penalty are float32 either way.

@@ -14,8 +14,8 @@ from torch import nn
 #: Whether ``amp=None`` (the TrainConfig default) trains in bfloat16 on CPUs with native bfloat16 (AMX or
 #: AVX512-BF16). Set from the target Dice of the default 2D kidney run over three seeds
 #: (``benchmarks/dice_bf16.py``): bfloat16 86.9 +- 2.9 %, float32 87.2 +- 4.2 %, paired -0.3 +- 1.6 points, so
-#: bfloat16 stays within the required point of float32. Its steps are 1.4x (two threads, AMX) to 1.6-2x (one
-#: thread, AVX512-BF16) faster there.
+#: bfloat16 stays within the required point of float32. Its steps are 1.4x faster there (two threads, AMX; not
+#: measured alone on AVX512-BF16, where the Dice runs' times shared the machine with other jobs).
 CPU_BF16_BY_DEFAULT = True
 #: ``/proc/cpuinfo`` flags of x86 CPUs whose matrix units compute bfloat16 natively (AMX tiles, AVX512-BF16
 #: dot products); oneDNN runs bfloat16 convolutions on them about twice as fast as float32 ones. Elsewhere
