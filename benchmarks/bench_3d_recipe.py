@@ -11,7 +11,11 @@ for scoring only. Arms:
 - ``uniform``: every patch placed uniformly (``foreground_share=0``);
 - ``lr_2e-3``: the network's learning rate doubled (the critic's kept at 1e-3);
 - ``batch1``: batches of one patch and twice the steps (as many patches, twice the updates);
-- ``volumes_12``: 12 training volumes per domain instead of the notebook's 4.
+- ``volumes_12``: 12 training volumes per domain instead of the notebook's 4;
+- ``real_centred``: the critic's real label maps are those of the labelled batch, a third of whose patches are
+  centred on a kidney voxel, while every target patch is placed uniformly (``critic_real_uniform=False``; the
+  standard recipe before real maps were drawn as the target's patches are);
+- ``no_critic``: MLNGM and reconstruction without the shape critic (``use_shape_constraint=False``).
 
 Each seed draws its own phantoms (data-set seeds as notebook 04: ``seed`` for training, ``seed + 1`` for
 validation, ``seed + 2`` for testing) and its own initialisation. One row per (arm, seed) goes to the CSV,
@@ -39,7 +43,8 @@ FIELDS = ("arm", "seed", "steps", "batch_size", "patch", "n_train", "n_test", "t
 #: "n_train" the number of training volumes per domain
 ARMS = {"standard": {}, "augment": {"augment_3d": True}, "uniform": {"foreground_share": 0.0},
         "lr_2e-3": {"lr": 2e-3, "critic_lr": 1e-3}, "batch1": {"batch_size": 1, "steps": 2},
-        "volumes_12": {"n_train": 12}}
+        "volumes_12": {"n_train": 12}, "real_centred": {"critic_real_uniform": False},
+        "no_critic": {"use_shape_constraint": False}}
 
 
 def run(arm: str, seed: int, threads: int | None = None) -> dict:

@@ -131,6 +131,11 @@ class TrainConfig:
         foreground_share: 3D: share of labelled source patches centred on a random foreground voxel (the
             rest, and every target patch, are placed uniformly); None uses
             :data:`lmisa_lite.sampling.FOREGROUND_SHARE` (a third), 0 places every patch uniformly.
+        critic_real_uniform: 3D: the critic's real label maps come from source patches of their own, placed
+            uniformly as the target's patches are (True), or are the labels of the labelled batch, a share of
+            whose patches is centred on the organ (False). With False the critic can tell real from fake by
+            how often a patch holds the organ, whatever the shapes. No effect in 2D or when
+            ``foreground_share=0``.
         augment_3d: 3D: rotate (about z), zoom and shift each patch as the published 3D model was trained
             (:func:`lmisa_lite.sampling.sample_batch`).
         val_every: Validate every this many steps (and after the last step) when validation cases are given.
@@ -210,6 +215,7 @@ class TrainConfig:
     supervise_target: bool = False
     flip_augment: bool = False
     foreground_share: float | None = None
+    critic_real_uniform: bool = True
     augment_3d: bool = False
     val_every: int = 50
     val_batch_size: int = 8

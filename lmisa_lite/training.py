@@ -64,6 +64,7 @@ __all__ = ["HISTORY_KEYS", "TASK_CLASSES", "TrainConfig", "TrainResult", "build_
 # validations) and the seconds since the run started (counted across resumes).
 HISTORY_KEYS = ("step", "lr", *LOSS_TERMS, "val_loss", "val_dice", "time")
 GRADIENT_PENALTY = 3  # random stream of the gradient-penalty interpolation weights
+CRITIC_REAL = 4  # random stream of the 3D source patches whose label maps the critic sees as real
 
 Callback = Callable[[int, dict, nn.Module], Any]
 
@@ -351,12 +352,18 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
     bar = tqdm(total=config.steps, initial=run.step, desc="train", dynamic_ncols=True, leave=True,
                disable=not (config.progress and group.is_main))
 
-    def draw(pool: Pool, stream: int, step: int):
+    def draw(pool: Pool, stream: int, step: int, share: float | None = config.foreground_share):
         generator = step_generator(config.seed, step, stream=stream, rank=group.rank)
         x, y = sample_batch(pool, batch_size=config.batch_size, patch_size=config.image_size,
                             generator=generator, flip=config.flip_augment,
-                            foreground_share=config.foreground_share, augment=config.augment_3d)
+                            foreground_share=share, augment=config.augment_3d)
         return x.to(device).contiguous(memory_format=fmt), None if y is None else y.to(device)
+
+    # 3D: the labelled batch aims a share of its patches at the organ; the target's cannot. The critic's real
+    # maps then come from source patches placed as the target's are (uniformly), or it would learn to tell
+    # real from fake by how often a patch holds the organ, and push the target to predict more of it.
+    separate_real = (critic is not None and config.spatial_dims == 3 and config.critic_real_uniform
+                     and config.foreground_share != 0)
 
     with ExitStack() as scope:  # undone on exit, errors included
         scope.callback(bar.close)
@@ -381,9 +388,10 @@ def train(config: TrainConfig, source: Sequence[Case], target: Sequence[Case], *
 
             # ---- critic step(s): real source label maps vs target predictions (WGAN-GP) --------------------
             if critic is not None:
+                real = draw(source_pool, CRITIC_REAL, step, share=0.0)[1] if separate_real else batches["ys"]
                 gp_generator = torch.Generator(device).manual_seed(
                     step_generator(config.seed, step, stream=GRADIENT_PENALTY, rank=group.rank).initial_seed())
-                losses.update(critic_update(config, critic, opt_c, batches["ys"], losses["logits_t"],
+                losses.update(critic_update(config, critic, opt_c, real, losses["logits_t"],
                                             gp_generator, amp_dtype, images_t=(batches["xt"], losses["rec_t"])))
                 stateful["sched_c"].step()
             lr = stateful["sched_g"].get_last_lr()[0]

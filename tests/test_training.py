@@ -347,3 +347,27 @@ def test_loss_goes_down_on_a_learnable_toy(domains):
     seg = result.history["loss_seg"]
     assert np.mean(seg[-5:]) < 0.5 * np.mean(seg[:5])
     assert result.history["val_dice"][-1] > result.history["val_dice"][9]
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_3d_critic_real_maps_are_placed_as_the_target_patches(monkeypatch, uniform):
+    # Small discs in big volumes: a patch centred on the disc always holds it, a uniformly placed one often not.
+    source = [disc_case(i, size=40, depth=20) for i in range(2)]
+    target = [disc_case(50 + i, invert=True, size=40, depth=20) for i in range(2)]
+    import lmisa_lite.training as training_module
+    seen = []
+    real_update = training_module.critic_update
+
+    def recording(config, critic, opt, real, *args, **kwargs):
+        seen.append(real.clone())
+        return real_update(config, critic, opt, real, *args, **kwargs)
+
+    monkeypatch.setattr(training_module, "critic_update", recording)
+    train(tiny(steps=6, spatial_dims=3, image_size=(12, 12, 8), batch_size=2, foreground_share=1.0,
+               critic_real_uniform=uniform), source, target)
+    holds_organ = [bool((real[i] > 0).any()) for real in seen for i in range(len(real))]
+    assert len(holds_organ) == 12
+    if uniform:  # drawn like the target's patches: some hold no disc
+        assert not all(holds_organ)
+    else:  # the labelled batch's own labels: every patch is centred on the disc
+        assert all(holds_organ)
