@@ -15,7 +15,11 @@ for scoring only. Arms:
 - ``real_centred``: the critic's real label maps are those of the labelled batch, a third of whose patches are
   centred on a kidney voxel, while every target patch is placed uniformly (``critic_real_uniform=False``; the
   standard recipe before real maps were drawn as the target's patches are);
-- ``no_critic``: MLNGM and reconstruction without the shape critic (``use_shape_constraint=False``).
+- ``no_critic``: MLNGM and reconstruction without the shape critic (``use_shape_constraint=False``);
+- ``sharpened``: target predictions shown to the critic as ``softmax(logits / 0.5)``
+  (``critic_fake_temperature=0.5``), closer to the one-hot real maps;
+- ``warmup``: the adversarial term left out of the network's loss for the first quarter of the steps and
+  ramped in over the next quarter (``adv_warmup``, ``adv_ramp``); the critic trains from the start.
 
 Each seed draws its own phantoms (data-set seeds as notebook 04: ``seed`` for training, ``seed + 1`` for
 validation, ``seed + 2`` for testing) and its own initialisation. One row per (arm, seed) goes to the CSV,
@@ -44,7 +48,8 @@ FIELDS = ("arm", "seed", "steps", "batch_size", "patch", "n_train", "n_test", "t
 ARMS = {"standard": {}, "augment": {"augment_3d": True}, "uniform": {"foreground_share": 0.0},
         "lr_2e-3": {"lr": 2e-3, "critic_lr": 1e-3}, "batch1": {"batch_size": 1, "steps": 2},
         "volumes_12": {"n_train": 12}, "real_centred": {"critic_real_uniform": False},
-        "no_critic": {"use_shape_constraint": False}}
+        "no_critic": {"use_shape_constraint": False}, "sharpened": {"critic_fake_temperature": 0.5},
+        "warmup": {"adv_warmup": "quarter", "adv_ramp": "quarter"}}
 
 
 def run(arm: str, seed: int, threads: int | None = None) -> dict:
@@ -63,6 +68,7 @@ def run(arm: str, seed: int, threads: int | None = None) -> dict:
     change = dict(ARMS[arm])
     task, steps, shape = "kidney", s["steps"] * change.pop("steps", 1), tuple(s["volume_shape"])
     batch_size, n_train = change.pop("batch_size", 2), change.pop("n_train", s["n_train"])
+    change.update({k: steps // 4 for k, v in change.items() if v == "quarter"})
     data = {name: make_dataset(task, modality, n=n, dims=3, seed=seed + offset, shape=shape)
             for name, modality, n, offset in (("source", "ct", n_train, 0), ("target", "mri", n_train, 0),
                                               ("val", "ct", s["n_val"], 1), ("test", "mri", s["n_test"], 2))}
