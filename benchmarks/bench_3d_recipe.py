@@ -5,21 +5,25 @@ schedule, read from :mod:`lmisa_lite.profiles`), keeps the checkpoint with the l
 validation volume, and segments the MRI test volumes with the Gaussian sliding window. Target labels are used
 for scoring only. Arms:
 
-- ``standard``: the notebook's setting (a third of the labelled patches centred on a kidney voxel);
+- ``standard``: the notebook's setting (a third of the labelled patches centred on a kidney voxel; the critic's
+  real label maps from uniformly placed source patches; the adversarial term left out of the network's loss for
+  the first quarter of the steps and ramped in over the next quarter, ``adv_warmup`` and ``adv_ramp``);
 - ``augment``: the same with the published 3D augmentation (rotation about z within +-15 degrees, zoom
   0.75-1.2, integer shifts), ``TrainConfig.augment_3d``;
 - ``uniform``: every patch placed uniformly (``foreground_share=0``);
 - ``lr_2e-3``: the network's learning rate doubled (the critic's kept at 1e-3);
 - ``batch1``: batches of one patch and twice the steps (as many patches, twice the updates);
 - ``volumes_12``: 12 training volumes per domain instead of the notebook's 4;
-- ``real_centred``: the critic's real label maps are those of the labelled batch, a third of whose patches are
-  centred on a kidney voxel, while every target patch is placed uniformly (``critic_real_uniform=False``; the
-  standard recipe before real maps were drawn as the target's patches are);
+- ``no_warmup``: the adversarial term in the network's loss from the first step;
+- ``real_centred``: no warm-up, and the critic's real label maps are those of the labelled batch, a third of
+  whose patches are centred on a kidney voxel, while every target patch is placed uniformly
+  (``critic_real_uniform=False``);
 - ``no_critic``: MLNGM and reconstruction without the shape critic (``use_shape_constraint=False``);
-- ``sharpened``: target predictions shown to the critic as ``softmax(logits / 0.5)``
-  (``critic_fake_temperature=0.5``), closer to the one-hot real maps;
-- ``warmup``: the adversarial term left out of the network's loss for the first quarter of the steps and
-  ramped in over the next quarter (``adv_warmup``, ``adv_ramp``); the critic trains from the start.
+- ``sharpened_no_warmup``: no warm-up, and target predictions shown to the critic as ``softmax(logits / 0.5)``
+  (``critic_fake_temperature=0.5``), closer to the one-hot real maps.
+
+A results file holds the runs of one version of the notebook's recipe, and its arms are changes to that
+version's ``standard``; ``results/3d/README.md`` says which version each file measured.
 
 Each seed draws its own phantoms (data-set seeds as notebook 04: ``seed`` for training, ``seed + 1`` for
 validation, ``seed + 2`` for testing) and its own initialisation. One row per (arm, seed) goes to the CSV,
@@ -47,9 +51,12 @@ FIELDS = ("arm", "seed", "steps", "batch_size", "patch", "n_train", "n_test", "t
 #: "n_train" the number of training volumes per domain
 ARMS = {"standard": {}, "augment": {"augment_3d": True}, "uniform": {"foreground_share": 0.0},
         "lr_2e-3": {"lr": 2e-3, "critic_lr": 1e-3}, "batch1": {"batch_size": 1, "steps": 2},
-        "volumes_12": {"n_train": 12}, "real_centred": {"critic_real_uniform": False},
-        "no_critic": {"use_shape_constraint": False}, "sharpened": {"critic_fake_temperature": 0.5},
-        "warmup": {"adv_warmup": "quarter", "adv_ramp": "quarter"}}
+        "volumes_12": {"n_train": 12}, "no_warmup": {"adv_warmup": 0, "adv_ramp": 0},
+        "real_centred": {"critic_real_uniform": False, "adv_warmup": 0, "adv_ramp": 0},
+        "no_critic": {"use_shape_constraint": False},
+        "sharpened_no_warmup": {"critic_fake_temperature": 0.5, "adv_warmup": 0, "adv_ramp": 0}}
+#: notebook 04's ``critic_warmup``: share of the steps without the adversarial term, and again to ramp it in
+WARMUP_SHARE = 0.25
 
 
 def run(arm: str, seed: int, threads: int | None = None) -> dict:
@@ -68,7 +75,6 @@ def run(arm: str, seed: int, threads: int | None = None) -> dict:
     change = dict(ARMS[arm])
     task, steps, shape = "kidney", s["steps"] * change.pop("steps", 1), tuple(s["volume_shape"])
     batch_size, n_train = change.pop("batch_size", 2), change.pop("n_train", s["n_train"])
-    change.update({k: steps // 4 for k, v in change.items() if v == "quarter"})
     data = {name: make_dataset(task, modality, n=n, dims=3, seed=seed + offset, shape=shape)
             for name, modality, n, offset in (("source", "ct", n_train, 0), ("target", "mri", n_train, 0),
                                               ("val", "ct", s["n_val"], 1), ("test", "mri", s["n_test"], 2))}
@@ -77,7 +83,7 @@ def run(arm: str, seed: int, threads: int | None = None) -> dict:
                          image_size=tuple(s["patch_size"]), base_filters=s["base_filters"], seed=seed, device="cpu",
                          progress=False,
                          val_every=max(2, steps // 10), checkpoint_every=10**9, lr_decay_every=max(1, steps // 5),
-                         **change)
+                         **{"adv_warmup": int(WARMUP_SHARE * steps), "adv_ramp": int(WARMUP_SHARE * steps), **change})
     result = train(config, data["source"], data["target"], val=data["val"])
     model = result.best_model or result.model
     dice = float(evaluate(model, data["test"], class_names=CLASS_NAMES[task], progress=False)["dice"].mean())
