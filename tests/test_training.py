@@ -11,6 +11,7 @@ import torch
 
 from data_utils.case import Case
 from lmisa_lite import checkpoint as checkpoint_module
+from lmisa_lite import training as training_module
 from lmisa_lite.networks import count_parameters
 from lmisa_lite.training import (
     HISTORY_KEYS,
@@ -354,7 +355,6 @@ def test_3d_critic_real_maps_are_placed_as_the_target_patches(monkeypatch, unifo
     # Small discs in big volumes: a patch centred on the disc always holds it, a uniformly placed one often not.
     source = [disc_case(i, size=40, depth=20) for i in range(2)]
     target = [disc_case(50 + i, invert=True, size=40, depth=20) for i in range(2)]
-    import lmisa_lite.training as training_module
     seen = []
     real_update = training_module.critic_update
 
